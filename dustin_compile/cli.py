@@ -1,0 +1,110 @@
+"""``python -m dustin``: generate with a local checkpoint pair, or run the demo on small models built from configs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from .config import MODES, DustinConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": None}
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=MODES, default="dense", help="verification mode (default: dense)")
+    p.add_argument("--gamma", type=int, default=4, help="draft tokens per iteration (default: 4)")
+    p.add_argument("--budget", type=int, default=DustinConfig.budget, help="sparse mode: cached positions per row")
+    p.add_argument("--n-sink", type=int, default=DustinConfig.n_sink, help="sparse mode: first positions always kept")
+    p.add_argument("--window", type=int, default=DustinConfig.window, help="sparse mode: recent positions always kept")
+    p.add_argument("--backend", choices=("inductor", "eager"), default="inductor",
+                   help="compile decode graphs with Inductor, or run the rewritten graphs as they are")
+    p.add_argument("--max-length", type=int, default=None, help="KV-cache capacity per row (default: sized per call)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dustin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="speculative decoding with local Hugging Face checkpoints (offline)")
+    gen.add_argument("--target", required=True, help="target checkpoint directory (config, weights, tokenizer)")
+    gen.add_argument("--draft", required=True, help="draft checkpoint directory (same tokenizer)")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text")
+    source.add_argument("--prompt-file", help="file holding the prompt text")
+    gen.add_argument("--max-new-tokens", type=int, required=True)
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    gen.add_argument("--dtype", choices=tuple(DTYPES), default="auto", help="load both models in this dtype")
+    gen.add_argument("--do-sample", action="store_true")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming it")
+    _add_config_args(gen)
+    demo = sub.add_parser("demo", help="dense vs sparse on small models built from configs (no downloads)")
+    demo.add_argument("--context", type=int, default=1024, help="prompt length in tokens")
+    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo.add_argument("--batch", type=int, default=2)
+    _add_config_args(demo)
+    demo.set_defaults(budget=128)
+    return parser
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    return {"mode": args.mode, "gamma": args.gamma, "budget": args.budget, "n_sink": args.n_sink,
+            "window": args.window, "backend": args.backend, "max_length": args.max_length}
+
+
+def _load(path: str, dtype: torch.dtype | None, name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise SystemExit(f"--{name}: {path!r} is not a directory (expected a local Hugging Face checkpoint)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", attn_implementation="sdpa",
+                                                 local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model, tokenizer
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import dustin
+    from transformers import TextStreamer
+
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompt = f.read()
+    else:
+        prompt = args.prompt
+    if not prompt:
+        raise SystemExit("the prompt is empty: pass --prompt TEXT or a non-empty --prompt-file")
+    dtype = DTYPES[args.dtype]
+    target, tokenizer = _load(args.target, dtype, "target")
+    draft, draft_tokenizer = _load(args.draft, dtype, "draft")
+    model = dustin.compile(target, draft, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer,
+                           **config_overrides(args))
+    if args.chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = prompt
+    input_ids = tokenizer(text, return_tensors="pt").input_ids
+    print(f"prompt: {input_ids.shape[1]} tokens; mode={args.mode}, gamma={args.gamma}", file=sys.stderr)
+    streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True)
+    out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, streamer=streamer,
+                         generator=torch.Generator().manual_seed(args.seed), progress=True)
+    if args.no_stream:
+        print(tokenizer.decode(out.sequences[0, input_ids.shape[1]:], skip_special_tokens=True))
+    print("\n" + out.stats.table(), file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        return run_generate(args)
+    from .demo import run_demo
+
+    return run_demo(args)

@@ -1,0 +1,87 @@
+"""What ``generate`` returns: the sequences and the statistics of how they were made."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class GenerateStats:
+    """Per-call statistics. Times are wall seconds; decode excludes prefill.
+
+    accepted: per row, drafted tokens that were committed. new_tokens: per row, tokens generated.
+    tau: mean tokens committed per target verification pass (per row, averaged over rows).
+    """
+
+    accepted: list[int] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    row_passes: list[int] = field(default_factory=list)
+    target_passes: int = 0
+    draft_passes: int = 0
+    prefill_passes: int = 0
+    sparse_passes: int = 0
+    dense_passes: int = 0
+    time_prefill: float = 0.0
+    time_draft: float = 0.0
+    time_select: float = 0.0
+    time_verify: float = 0.0
+    time_other: float = 0.0
+    time_total: float = 0.0
+
+    @property
+    def tau(self) -> float:
+        rates = [t / p for t, p in zip(self.new_tokens, self.row_passes) if p]
+        return sum(rates) / len(rates) if rates else 0.0
+
+    @property
+    def time_decode(self) -> float:
+        return self.time_total - self.time_prefill
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return sum(self.new_tokens) / self.time_decode if self.time_decode > 0 else 0.0
+
+    def table(self) -> str:
+        rows = [
+            ("new tokens", f"{sum(self.new_tokens)} ({', '.join(map(str, self.new_tokens))})"),
+            ("accepted drafts", f"{sum(self.accepted)} ({', '.join(map(str, self.accepted))})"),
+            ("tau (tokens / target pass)", f"{self.tau:.2f}"),
+            ("target passes (sparse / dense)", f"{self.target_passes} ({self.sparse_passes} / {self.dense_passes})"),
+            ("draft passes", str(self.draft_passes)),
+            ("prefill", f"{self.time_prefill:.2f} s ({self.prefill_passes} passes)"),
+            ("draft / select / verify / other", f"{self.time_draft:.2f} / {self.time_select:.2f} / "
+                                                f"{self.time_verify:.2f} / {self.time_other:.2f} s"),
+            ("decode tokens/s", f"{self.decode_tokens_per_second:.2f}"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+@dataclass
+class GenerateOutput:
+    sequences: torch.Tensor  # [B, prompt + new], padded like transformers' generate
+    stats: GenerateStats
+
+
+class PhaseClock:
+    """Adds wall time to ``stats.time_<phase>``; synchronises CUDA so asynchronous kernels are charged correctly."""
+
+    def __init__(self, stats: GenerateStats, device: torch.device) -> None:
+        self.stats, self.cuda = stats, device.type == "cuda"
+
+    @contextmanager
+    def __call__(self, phase: str):
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            name = f"time_{phase}"
+            setattr(self.stats, name, getattr(self.stats, name) + time.perf_counter() - start)

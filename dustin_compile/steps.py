@@ -1,0 +1,66 @@
+"""Compiled step functions (gpt-fast style: compile the steps, keep the accept/reject loop in eager Python).
+
+Every step has the same signature ``step(input_ids [B, T], position_ids [B, T], attention_mask [B, 1, T, S])`` and
+is captured by ``torch.compile`` with dustin's backend, which rewrites its attention per a ``RewritePlan``. The
+driver-owned state of a step (``seq_lens``, ``indices``, tap buffers) lives in the current ``Workspace`` and is
+looked up at every call, so one compiled graph serves every workspace of matching shape.
+"""
+
+from __future__ import annotations
+
+import types
+import uuid
+from collections.abc import Callable
+
+import torch
+
+from dustin.passes import DustinBackend, PassReport, RewritePlan
+
+from .cache import RowCache, causal_mask
+
+
+def _own_code(fn: Callable, tag: str) -> Callable:
+    """A copy of ``fn`` with its own code object: dynamo keeps one compile cache per code object, and two dustin
+    models (or a prefill and a decode step) must never reuse each other's graphs, which bind different plans."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+def _make_forward(model: torch.nn.Module, get_cache: Callable[[], RowCache], logits: bool) -> Callable:
+    if logits:
+        def step(input_ids, position_ids, attention_mask):
+            cache = get_cache()
+            cache.write_pos = position_ids
+            out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                        past_key_values=cache, use_cache=True)
+            return out.logits
+    else:
+        base = model.base_model  # prefill only fills the cache: skip the LM head
+
+        def step(input_ids, position_ids, attention_mask):
+            cache = get_cache()
+            cache.write_pos = position_ids
+            out = base(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                       past_key_values=cache, use_cache=True)
+            return out.last_hidden_state[:, -1:]
+    return step
+
+
+class StepGraph:
+    """One compiled step: a model, the cache it writes, its plan, and its slot of workspace state."""
+
+    def __init__(self, model: torch.nn.Module, role: str, plan: RewritePlan, get_cache: Callable[[], RowCache],
+                 get_state: Callable[[], dict[str, torch.Tensor]], *, inductor: bool, strict: bool,
+                 logits: bool = True) -> None:
+        self.role, self.plan, self.get_cache = role, plan, get_cache
+        self.backend = DustinBackend(plan, get_state, name=role, inductor=inductor, strict=strict)
+        fn = _own_code(_make_forward(model, get_cache, logits), f"{role}_{uuid.uuid4().hex[:8]}")
+        self.compiled = torch.compile(fn, backend=self.backend, fullgraph=True, dynamic=False)
+
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        mask = causal_mask(position_ids, self.get_cache().capacity)
+        return self.compiled(input_ids, position_ids, mask)
+
+    @property
+    def report(self) -> PassReport | None:
+        return self.backend.reports[-1] if self.backend.reports else None

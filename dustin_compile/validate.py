@@ -1,0 +1,121 @@
+"""Checks done before any work: every failure names the argument, what was expected, what came, and the fix."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ModelPairError
+
+SUPPORTED_ATTENTION = ("sdpa",)
+
+
+def _is_causal_lm(model: object) -> bool:
+    from transformers import PreTrainedModel
+
+    return (
+        isinstance(model, PreTrainedModel)
+        and hasattr(model, "get_output_embeddings")
+        and model.get_output_embeddings() is not None
+        and not getattr(model.config, "is_encoder_decoder", False)
+    )
+
+
+def check_model(model: object, name: str) -> None:
+    if not _is_causal_lm(model):
+        raise ModelPairError(
+            f"`{name}` must be a Hugging Face causal LM (a PreTrainedModel with an LM head, e.g. from "
+            f"AutoModelForCausalLM.from_pretrained), got {type(model).__name__}"
+        )
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in SUPPORTED_ATTENTION:
+        raise ModelPairError(
+            f"`{name}` uses attn_implementation={impl!r}; dustin rewrites SDPA attention. Reload it with "
+            f"attn_implementation='sdpa' (or call {name}.set_attn_implementation('sdpa'))"
+        )
+    layer_types = getattr(model.config, "layer_types", None) or []
+    other = sorted({t for t in layer_types if t != "full_attention"})
+    if other or getattr(model.config, "use_sliding_window", False):
+        raise ModelPairError(
+            f"`{name}` has {other or ['sliding_attention']} layers; dustin supports full-attention decoders "
+            "(Llama, Qwen2/3, Mistral, Phi3, OLMo2, ...). Use a model without sliding-window/linear layers"
+        )
+
+
+def vocab_size(model: torch.nn.Module) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def _special_ids(model: torch.nn.Module) -> dict[str, object]:
+    cfg = model.config
+    return {k: getattr(cfg, k, None) for k in ("bos_token_id", "eos_token_id")}
+
+
+def check_pair(target: object, draft: object, tokenizer=None, draft_tokenizer=None) -> None:
+    """The pair must share a tokenizer, a dtype and a device."""
+    check_model(target, "target")
+    check_model(draft, "draft")
+    vt, vd = vocab_size(target), vocab_size(draft)
+    if vd > vt:
+        raise ModelPairError(
+            f"draft vocabulary ({vd}) is larger than the target's ({vt}): the draft could propose tokens the target "
+            "cannot score. Use a draft that shares the target's tokenizer"
+        )
+    st, sd = _special_ids(target), _special_ids(draft)
+    clash = {k: (st[k], sd[k]) for k in st if st[k] is not None and sd[k] is not None and st[k] != sd[k]}
+    if clash:
+        raise ModelPairError(
+            f"target and draft disagree on special tokens {clash} (target, draft): they do not share a tokenizer. "
+            "Use a draft from the target's family"
+        )
+    if (tokenizer is None) != (draft_tokenizer is None):
+        raise ModelPairError("pass both `tokenizer` and `draft_tokenizer` to compare them, or neither")
+    if tokenizer is not None and tokenizer.get_vocab() != draft_tokenizer.get_vocab():
+        raise ModelPairError(
+            "`tokenizer` and `draft_tokenizer` have different vocabularies: speculative decoding needs one tokenizer "
+            "for both models"
+        )
+    pt, pd = next(target.parameters()), next(draft.parameters())
+    if pt.device != pd.device:
+        raise ModelPairError(
+            f"target is on {pt.device} but draft on {pd.device}: move both to one device (e.g. draft.to('{pt.device}'))"
+        )
+    if pt.dtype != pd.dtype:
+        raise ModelPairError(
+            f"target dtype {pt.dtype} differs from draft dtype {pd.dtype}: cast one (draft.to({pt.dtype})) or pass "
+            f"dtype=... to dustin.compile to cast both"
+        )
+
+
+def prompts_from(input_ids: object, attention_mask: object) -> list[torch.Tensor]:
+    """The real tokens of each row (left padding removed). Raises on malformed input."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(
+            f"`input_ids` must be an integer torch.Tensor [batch, length] (e.g. tokenizer(..., return_tensors='pt')"
+            f".input_ids), got {type(input_ids).__name__}{'' if not isinstance(input_ids, torch.Tensor) else ' ' + str(input_ids.dtype)}"
+        )
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+        attention_mask = attention_mask[None] if isinstance(attention_mask, torch.Tensor) else attention_mask
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"`input_ids` must have shape [batch >= 1, length], got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("`input_ids` is empty: every prompt needs at least one token (e.g. the BOS token)")
+    if attention_mask is None:
+        return [row.long() for row in input_ids]
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {got}")
+    mask = attention_mask.bool()
+    prompts = []
+    for b in range(input_ids.shape[0]):
+        row = mask[b]
+        if not bool(row.any()):
+            raise ValueError(f"`attention_mask` row {b} is all zeros: prompt {b} is empty")
+        first = int(row.long().argmax())
+        if not bool(row[first:].all()):
+            raise ValueError(
+                f"`attention_mask` row {b} has padding after the prompt starts: dustin expects left padding "
+                "(tokenizer.padding_side = 'left'), as transformers' generate does for decoder-only models"
+            )
+        prompts.append(input_ids[b, first:].long())
+    return prompts

@@ -1,0 +1,1 @@
+"""Fused ops: torch reference (CPU path) and Triton (CUDA)."""

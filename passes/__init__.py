@@ -1,0 +1,18 @@
+"""FX graph passes: find the attention of a captured HF causal LM and rewrite it into dustin ops."""
+
+from .backend import DustinBackend, run_passes
+from .match import AttentionMatch, find_attention
+from .report import PassReport
+from .rewrite import RewritePlan, rewrite_attention
+from .verify import verify_graph
+
+__all__ = [
+    "AttentionMatch",
+    "DustinBackend",
+    "PassReport",
+    "RewritePlan",
+    "find_attention",
+    "rewrite_attention",
+    "run_passes",
+    "verify_graph",
+]

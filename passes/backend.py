@@ -1,0 +1,93 @@
+"""The torch.compile backend: run dustin's passes on the dynamo graph, then hand it to Inductor (or run it as is).
+
+Driver-owned state (``seq_lens``, ``indices``, tap buffers) becomes extra graph inputs; ``state_source`` is called at
+every invocation, so a graph compiled once serves every workspace (batch size / cache) of matching shape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+
+from dustin.errors import PassError
+
+from .match import find_attention, node_value
+from .report import PassReport
+from .rewrite import RewritePlan, RewriteRecord, add_state_inputs, clean_up, rewrite_attention
+from .taps import insert_taps
+from .verify import verify_graph
+
+StateSource = Callable[[], dict[str, torch.Tensor]]
+NO_MATCH_HINT = (
+    "no attention call matched: load the model with attn_implementation='sdpa' "
+    "(e.g. AutoModelForCausalLM.from_pretrained(path, attn_implementation='sdpa')), "
+    "or pass strict=False to run this graph without dustin's attention"
+)
+
+
+def run_passes(gm: fx.GraphModule, plan: RewritePlan, state: dict[str, torch.Tensor], name: str,
+               strict: bool = True) -> PassReport:
+    """find → add state inputs → taps → rewrite → clean up → verify. Mutates ``gm``; returns the report."""
+    matches, declined = find_attention(gm)
+    report = PassReport(name)
+    report.records += [RewriteRecord(-1, n.name, "declined", why) for n, why in declined]
+    if strict and plan.attention != "keep" and not matches:
+        raise PassError(f"{name}: {NO_MATCH_HINT}\n{report.table()}")
+    if strict and declined and plan.attention != "keep":
+        raise PassError(f"{name}: some attention calls cannot be rewritten\n{report.table()}")
+    before = {m.node.name: (node_value(m.node).shape, node_value(m.node).dtype) for m in matches}
+    nodes = add_state_inputs(gm, {k: state[k] for k in plan.state_names()})
+    report.records += insert_taps(gm, matches, plan, nodes)
+    report.records += rewrite_attention(gm, matches, plan, nodes).records
+    clean_up(gm)
+    verify_graph(gm, before, name)
+    if os.environ.get("DUSTIN_DEBUG_GRAPHS"):
+        path = os.path.join(os.environ["DUSTIN_DEBUG_GRAPHS"], f"{name}.py")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(gm.code)
+    return report
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """Same root (attributes), a copied graph; node metadata is copied shallowly (fake values are shared)."""
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    return fx.GraphModule(gm, graph)
+
+
+class DustinBackend:
+    """``torch.compile(fn, backend=DustinBackend(plan, state_source))``.
+
+    inductor: compile the rewritten graph with Inductor (config patched only in scope); else run the FX graph as is
+    (the rewrite without code generation: seconds to capture instead of tens of seconds to compile).
+    """
+
+    def __init__(self, plan: RewritePlan, state_source: StateSource, *, name: str, inductor: bool,
+                 strict: bool = True) -> None:
+        self.plan, self.state_source, self.name = plan, state_source, name
+        self.inductor, self.strict = inductor, strict
+        self.reports: list[PassReport] = []
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
+        names = self.plan.state_names()
+        state = self.state_source()
+        gm = copy_graph_module(gm)  # dynamo still reads the graph it handed us: rewrite a copy
+        self.reports.append(run_passes(gm, self.plan, state, self.name, self.strict))
+        compiled: Callable = gm
+        if self.inductor:
+            from torch._inductor import config as inductor_config
+            from torch._inductor.compile_fx import compile_fx
+
+            with inductor_config.patch({"fx_graph_cache": True}):
+                compiled = compile_fx(gm, list(example_inputs) + [state[k] for k in names])
+        source = self.state_source
+
+        def run(*args):
+            current = source()
+            return compiled(*args, *(current[k] for k in names))
+
+        return run

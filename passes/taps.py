@@ -1,0 +1,54 @@
+"""Score taps: ops the pass inserts so the driver gets the selection signals without touching model code.
+
+- Query tap (target verify graph): copy the post-RoPE query of one layer (all heads, all T rows) into the driver's
+  ``query_record`` buffer; the driver keeps the row of the last committed token as the history query ``q*``.
+- Score taps (draft graphs): at each listed draft layer, add ``score_heads`` of the last ``score_rows`` query rows
+  over the history positions ``< lookahead_seq_lens`` into the driver's ``lookahead`` buffer (``[B, S]`` float32).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+import dustin.kernels.score_heads  # noqa: F401  (registers dustin::score_heads_into)
+
+from .match import AttentionMatch
+from .rewrite import RewritePlan, RewriteRecord
+
+
+def insert_taps(
+    gm: fx.GraphModule, matches: list[AttentionMatch], plan: RewritePlan, state: dict[str, fx.Node]
+) -> list[RewriteRecord]:
+    """Insert the plan's taps before the matched attention nodes; returns a report record per tap."""
+    records: list[RewriteRecord] = []
+    by_layer = {m.layer: m for m in matches}
+    wanted = ([plan.query_tap] if plan.query_tap is not None else []) + [layer for layer, _ in plan.score_taps]
+    missing = [layer for layer in wanted if layer not in by_layer]
+    if missing:
+        from dustin.errors import PassError
+
+        raise PassError(
+            f"score taps: layer(s) {missing} have no matched attention in this graph (matched layers: "
+            f"{sorted(by_layer)}); choose tap layers among them"
+        )
+    graph = gm.graph
+    if plan.query_tap is not None:
+        m = by_layer[plan.query_tap]
+        with graph.inserting_before(m.node):
+            graph.call_function(torch.ops.aten.copy_.default, (state["query_record"], m.query))
+        records.append(RewriteRecord(m.layer, m.node.name, "query tap", "q* for the history signal"))
+    for layer, heads in plan.score_taps:
+        m = by_layer[layer]
+        with graph.inserting_before(m.node):
+            rows = graph.call_function(
+                operator.getitem, (m.query, (slice(None), slice(None), slice(-plan.score_rows, None)))
+            )
+            graph.call_function(
+                torch.ops.dustin.score_heads_into.default,
+                (state["lookahead"], rows, m.key_cache, state["lookahead_seq_lens"], list(heads), m.scale),
+            )
+        records.append(RewriteRecord(m.layer, m.node.name, "score tap", f"heads {list(heads)}"))
+    return records
