@@ -38,7 +38,8 @@ def run_passes(gm: fx.GraphModule, plan: RewritePlan, state: dict[str, torch.Ten
         raise PassError(f"{name}: {NO_MATCH_HINT}\n{report.table()}")
     if strict and declined and plan.attention != "keep":
         raise PassError(f"{name}: some attention calls cannot be rewritten\n{report.table()}")
-    before = {m.node.name: (node_value(m.node).shape, node_value(m.node).dtype) for m in matches}
+    replaced = matches if plan.attention != "keep" else []
+    before = {m.node.name: (node_value(m.node).shape, node_value(m.node).dtype) for m in replaced}
     nodes = add_state_inputs(gm, {k: state[k] for k in plan.state_names()})
     report.records += insert_taps(gm, matches, plan, nodes)
     report.records += rewrite_attention(gm, matches, plan, nodes).records

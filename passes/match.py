@@ -29,7 +29,7 @@ SDPA_TARGETS = {
 }
 # Fused CPU/CUDA SDPA variants return (out, logsumexp, ...): we decline them, naming why, rather than miss them.
 FUSED_SDPA_TARGETS = {
-    getattr(torch.ops.aten, name).default
+    getattr(torch.ops.aten, name)  # packets: dynamo records the packet, post-grad graphs the .default overload
     for name in (
         "_scaled_dot_product_flash_attention_for_cpu",
         "_scaled_dot_product_flash_attention",
@@ -209,7 +209,7 @@ def find_attention(gm: fx.GraphModule) -> tuple[list[AttentionMatch], list[tuple
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
-        if node.target in FUSED_SDPA_TARGETS:
+        if getattr(node.target, "overloadpacket", node.target) in FUSED_SDPA_TARGETS:
             used = [u for u in node.users if not (u.target is operator.getitem and u.args[1] == 0)]
             reason = "uses the fused kernel's logsumexp/auxiliary outputs" if used else "fused SDPA variant (post-grad)"
             declined.append((node, reason))

@@ -26,7 +26,7 @@ def _compare(target, draft, prompts, max_new_tokens, gamma, eos=None, mode="dens
     expected = hf_greedy(target, ids, mask, max_new_tokens, eos_token_id=eos)
     model = dustin.compile(target, draft, mode=mode, gamma=gamma, backend="eager")
     out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                         eos_token_id=[] if eos is None else eos, pad_token_id=0)
+                         eos_token_id=eos, pad_token_id=0)
     assert out.sequences.shape == expected.shape, (out.sequences.shape, expected.shape)
     assert torch.equal(out.sequences, expected), f"first mismatch at {(out.sequences != expected).nonzero()[:3]}"
     return out
