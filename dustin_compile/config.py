@@ -9,7 +9,8 @@ import torch
 
 MODES = ("dense", "sparse", "guarded", "exact")
 BACKENDS = ("inductor", "eager")
-IMPLEMENTED_MODES = ("dense", "sparse")
+SELECTORS = ("dustin", "history", "draft", "streaming", "snapkv", "quest", "oracle")
+DRAFT_KV = ("full", "window")
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,11 @@ class DustinConfig:
     """How dustin runs a (target, draft) pair.
 
     mode: ``"dense"`` — classic speculative decoding, full-KV verification (lossless control); ``"sparse"`` —
-        Dustin: every target layer attends to ``budget`` selected cached positions plus the new tokens;
-        ``"guarded"`` and ``"exact"`` arrive with the policy work.
+        Dustin: every target layer attends to ``budget`` selected cached positions plus the new tokens (lossy);
+        ``"guarded"`` — sparse, but a dense verification whenever the estimated recovery of the selection falls
+        below ``min_recovery`` and at least every ``refresh_every`` iterations; ``"exact"`` — lossless: tokens
+        accepted by sparse verification are provisional until one dense pass over every ``exact_every`` of them
+        keeps the agreeing prefix (output == the target's own greedy decoding / sampling distribution).
     gamma: draft tokens per iteration (the target verifies gamma + 1 rows).
     max_length: KV-cache capacity per sequence (prompt + new tokens + gamma + 1). ``None`` sizes it per ``generate``
         call (rounded up to a multiple of 256). A fixed value avoids recompiles across calls.
@@ -29,6 +33,14 @@ class DustinConfig:
     strict: raise if a captured graph has attention that cannot be rewritten (otherwise it stays as traced).
     budget, n_sink, window: the sparse selection — ``budget`` cached positions per sequence, of which the first
         ``n_sink`` and the last ``window`` are always kept.
+    m: positions chosen by the draft's lookahead score (the rest of the budget by the target's history score);
+        ``None`` takes the calibration profile's share (default half of ``budget - n_sink - window``).
+    selector: ``"dustin"`` (lookahead + history), or a baseline at the same budget: ``"history"``, ``"draft"``,
+        ``"streaming"`` (sink + recent), ``"snapkv"`` (chosen once from the prompt's last window), ``"quest"``
+        (page-16 upper bounds, per step), ``"oracle"`` (true top-k of the verification queries; costs a dense pass).
+    dense_layers: target layers that keep full attention in sparse verification (``()`` takes the profile's).
+    draft_kv: ``"full"`` — the draft attends to its whole cache; ``"window"`` — to its first ``n_sink`` and last
+        ``draft_window`` positions (its score heads still read the full cache for the lookahead signal).
     """
 
     mode: str = "dense"
@@ -41,15 +53,22 @@ class DustinConfig:
     budget: int = 512
     n_sink: int = 4
     window: int = 64
+    m: int | None = None
+    selector: str = "dustin"
     dense_layers: tuple[int, ...] = field(default=())
+    draft_kv: str = "full"
+    draft_window: int = 512
+    min_recovery: float = 0.0
+    refresh_every: int = 0
+    exact_every: int = 32
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"DustinConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode not in IMPLEMENTED_MODES:
-            raise NotImplementedError(
-                f"DustinConfig.mode={self.mode!r} is not implemented yet; use one of {IMPLEMENTED_MODES}"
-            )
+        if self.selector not in SELECTORS:
+            raise ValueError(f"DustinConfig.selector must be one of {SELECTORS}, got {self.selector!r}")
+        if self.draft_kv not in DRAFT_KV:
+            raise ValueError(f"DustinConfig.draft_kv must be one of {DRAFT_KV}, got {self.draft_kv!r}")
         _positive_int("gamma", self.gamma)
         if self.max_length is not None:
             _positive_int("max_length", self.max_length, minimum=2)
@@ -66,6 +85,18 @@ class DustinConfig:
                 f"DustinConfig: n_sink ({self.n_sink}) + window ({self.window}) must not exceed budget "
                 f"({self.budget}); lower them or raise the budget"
             )
+        if self.m is not None:
+            _positive_int("m", self.m, minimum=0)
+            if self.m > self.budget - self.n_sink - self.window:
+                raise ValueError(
+                    f"DustinConfig.m ({self.m}) must not exceed budget - n_sink - window "
+                    f"({self.budget - self.n_sink - self.window})"
+                )
+        _positive_int("draft_window", self.draft_window)
+        if not isinstance(self.min_recovery, (int, float)) or not 0.0 <= self.min_recovery <= 1.0:
+            raise ValueError(f"DustinConfig.min_recovery must be in [0, 1], got {self.min_recovery!r}")
+        _positive_int("refresh_every", self.refresh_every, minimum=0)
+        _positive_int("exact_every", self.exact_every)
         layers = tuple(self.dense_layers)
         if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
             raise ValueError(f"DustinConfig.dense_layers must be non-negative layer indices, got {self.dense_layers!r}")

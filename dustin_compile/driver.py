@@ -1,12 +1,13 @@
 """The speculative-decoding loop for one ``generate`` call (eager Python over compiled steps, gpt-fast style).
 
-Per-row bookkeeping on the host side of the loop (tensors of shape [B]):
+Per-row bookkeeping (tensors of shape [B]):
 - ``n[b]``: committed tokens of row b (prompt included); tokens live in ``seq[b, :n[b]]``; cache positions
-  ``< n[b]-1`` hold exact K/V, token ``n[b]-1`` is pending (the first input of the next forward).
+  ``< n[b]-1`` hold their K/V, token ``n[b]-1`` is pending (the first input of the next forward).
 - ``draft_need[b]``: how many tokens the draft must (re)process at the start of the next iteration: 1, or 2 when
   every drafted token was accepted (the draft never ran on its own last proposal). The first draft step takes the
   largest need over rows; rows that need less recompute one committed position, which rewrites the same K/V.
 - Finished rows stop advancing (``n`` frozen); their forwards rewrite positions past their end, never read.
+In ``exact`` mode tokens past ``exact.final[b]`` are provisional (see exact.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .exact import ExactChecker
 from .sampling import Sampling, accept_greedy, accept_sampling, choose
 from .stats import GenerateOutput, GenerateStats, PhaseClock
 
@@ -22,11 +24,9 @@ class Generation:
     def __init__(self, model, ws, prompts: list[torch.Tensor], max_new_tokens: int, sampling: Sampling,
                  eos_ids: list[int], generator: torch.Generator | None, streamer=None, progress: bool = False) -> None:
         self.m, self.ws, self.cfg = model, ws, model.config
-        self.sampling, self.generator, self.streamer = sampling, generator, streamer
-        self.progress = progress
+        self.sampling, self.generator, self.streamer, self.progress = sampling, generator, streamer, progress
         self.max_new = max_new_tokens
-        device = ws.target_cache.write_pos.device
-        batch = len(prompts)
+        device, batch = ws.device, len(prompts)
         self.prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
         self.seq = torch.zeros(batch, ws.capacity, dtype=torch.long, device=device)
         for b, p in enumerate(prompts):
@@ -37,44 +37,51 @@ class Generation:
         self.eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
         self.stats = GenerateStats(accepted=[0] * batch, row_passes=[0] * batch)
         self.clock = PhaseClock(self.stats, device)
-        self.arange = torch.arange(ws.capacity, device=device)
         self.policy = model.make_policy(ws)
+        self.exact = ExactChecker(self) if self.cfg.mode == "exact" else None
+        self.streamed = int(self.prompt_lens[0])
 
     # ---- forward helpers --------------------------------------------------------------------------------------
-    def _run(self, graph, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        self.ws.state[role]["seq_lens"].copy_(pos[:, 0])
-        return graph(ids, pos)
+    def forward(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Run the compiled ``role`` step on ``ids`` at per-row positions ``pos`` (contiguous per row)."""
+        rows = ids.shape[1]
+        state = self.m.state(role, rows)
+        state["seq_lens"].copy_(pos[:, 0])
+        if "window_indices" in state:
+            window_indices(pos[:, 0], self.cfg.n_sink, self.cfg.draft_window, out=state["window_indices"])
+        return self.m.graph(role, rows)(ids, pos)
 
-    def _draft_logits(self, graph, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        logits = self._run(graph, role, ids, pos)[:, -1].float()
+    def _draft_logits(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        logits = self.forward(role, ids, pos)[:, -1].float()
         pad = self.m.vocab_size - logits.shape[-1]
         if pad > 0:  # the target's table is padded past the shared tokenizer: the draft never proposes those ids
             logits = torch.nn.functional.pad(logits, (0, pad), value=float("-inf"))
         return logits
 
+    def positions(self, start: torch.Tensor, rows: int) -> torch.Tensor:
+        return start[:, None] + torch.arange(rows, device=start.device)
+
     # ---- phases -----------------------------------------------------------------------------------------------
     def prefill(self) -> None:
         total = int(self.prompt_lens.max()) - 1  # the last prompt token is pending
         chunks = prefill_chunks(total, self.cfg.prefill_chunk)
+        batch = self.seq.shape[0]
         for start, rows in tqdm(chunks, desc="prefill", unit="chunk", disable=not self.progress or not chunks):
-            pos = (start + torch.arange(rows, device=self.seq.device)).expand(self.seq.shape[0], rows)
+            pos = self.positions(torch.full((batch,), start, device=self.seq.device), rows)
             ids = self.seq[:, start : start + rows]
-            self._run(self.m.graph("prefill_target", rows), "prefill_target", ids, pos)
-            self._run(self.m.graph("prefill_draft", rows), "prefill_draft", ids, pos)
+            self.forward("prefill_target", ids, pos)
+            self.forward("prefill_draft", ids, pos)
             self.stats.prefill_passes += 1
 
     def draft(self):
         """γ draft tokens per row ``[B, γ]`` and, when sampling, their distributions ``[B, γ, V]``."""
         first = int(self.draft_need[self.active].max())
-        offsets = torch.arange(first, device=self.seq.device) - first
-        pos = self.n[:, None] + offsets  # the last `first` committed positions
-        role = f"draft_{first}"
-        logits = self._draft_logits(self.m.graph(role), role, self.seq.gather(1, pos), pos)
+        pos = self.positions(self.n - first, first)  # the last `first` committed positions
+        logits = self._draft_logits(f"draft_{first}", self.seq.gather(1, pos), pos)
         tokens, probs = [], []
         for i in range(self.cfg.gamma):
             if i:
-                pos = (self.n - 1 + i)[:, None]
-                logits = self._draft_logits(self.m.graph("draft_1"), "draft_1", tokens[-1][:, None], pos)
+                logits = self._draft_logits("draft_1", tokens[-1][:, None], (self.n - 1 + i)[:, None])
             token, prob = choose(logits, self.sampling, self.generator)
             tokens.append(token)
             probs.append(prob)
@@ -82,40 +89,77 @@ class Generation:
         draft_probs = torch.stack(probs, 1) if self.sampling.do_sample else None
         return torch.stack(tokens, 1), draft_probs
 
-    def verify(self, draft_tokens: torch.Tensor) -> torch.Tensor:
+    def verify(self, draft_tokens: torch.Tensor, role: str) -> torch.Tensor:
         last = self.seq.gather(1, (self.n - 1)[:, None])
         ids = torch.cat([last, draft_tokens], 1)
-        pos = self.n[:, None] - 1 + torch.arange(ids.shape[1], device=ids.device)
         self.stats.target_passes += 1
-        return self._run(self.m.graph("verify"), "verify", ids, pos).float()
+        return self.forward(role, ids, self.positions(self.n - 1, ids.shape[1])).float()
 
     def accept(self, draft_tokens, draft_probs, target_logits):
         if self.sampling.do_sample:
             return accept_sampling(draft_tokens, draft_probs, target_logits, self.sampling, self.generator)
         return accept_greedy(draft_tokens, target_logits)
 
-    def commit(self, n_accepted: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Write each active row's accepted tokens + correction, cut at max_new_tokens and at the first eos."""
+    def limit(self, count: torch.Tensor, tokens: torch.Tensor, start: torch.Tensor):
+        """Cut each row's ``count`` new tokens (from ``start``) at max_new_tokens and after the first eos.
+        Returns (count, hit_eos)."""
         steps = torch.arange(tokens.shape[1], device=tokens.device)
-        count = torch.minimum(n_accepted + 1, self.max_new - (self.n - self.prompt_lens))
-        count = torch.where(self.active, count, torch.zeros_like(count))
-        if self.eos.numel():
-            is_eos = torch.isin(tokens, self.eos) & (steps < count[:, None])
-            hit = is_eos.any(1)
-            count = torch.where(hit, is_eos.long().argmax(1) + 1, count)
-        else:
-            hit = torch.zeros_like(self.active)
+        count = torch.minimum(count, self.max_new - (start - self.prompt_lens)).clamp_min(0)
+        if not self.eos.numel():
+            return count, torch.zeros_like(self.active)
+        is_eos = torch.isin(tokens, self.eos) & (steps < count[:, None])
+        hit = is_eos.any(1)
+        return torch.where(hit, is_eos.long().argmax(1) + 1, count), hit
+
+    def write(self, start: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> None:
+        """seq[b, start[b] + j] = tokens[b, j] for j < count[b]."""
+        steps = torch.arange(tokens.shape[1], device=tokens.device)
+        where = (start[:, None] + steps).clamp_max(self.seq.shape[1] - 1)
         keep = steps < count[:, None]
-        where = self.n[:, None] + steps
         self.seq.scatter_(1, where, torch.where(keep, tokens, self.seq.gather(1, where)))
+
+    def commit(self, n_accepted: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Write each active row's accepted tokens + correction; returns the count committed per row."""
+        count, hit = self.limit(n_accepted + 1, tokens, self.n)
+        count = torch.where(self.active, count, torch.zeros_like(count))
+        self.write(self.n, tokens, count)
         for b in self.active.nonzero().flatten().tolist():
             self.stats.accepted[b] += int(min(n_accepted[b], count[b]))
             self.stats.row_passes[b] += 1
         self.n += count
         self.draft_need = torch.where(n_accepted == self.cfg.gamma, 2, 1)
-        done = hit | (self.n - self.prompt_lens >= self.max_new)
-        self.active &= ~done
+        self.active &= ~(hit | (self.n - self.prompt_lens >= self.max_new))
         return count
+
+    # ---- loop -------------------------------------------------------------------------------------------------
+    def step(self) -> None:
+        """One iteration: draft, select, verify, accept, commit (and in exact mode, maybe a dense check)."""
+        self.policy.begin(self)
+        with self.clock("draft"):
+            draft_tokens, draft_probs = self.draft()
+        self.current_draft = draft_tokens
+        with self.clock("select"):
+            role = self.policy.before_verify(self)
+        with self.clock("verify"):
+            logits = self.verify(draft_tokens, role)
+        dense = role != "verify" or self.cfg.mode == "dense"
+        self.stats.dense_passes += int(dense)
+        self.stats.sparse_passes += int(not dense)
+        n_accepted, tokens = self.accept(draft_tokens, draft_probs, logits)
+        self.policy.after_verify(self, n_accepted, role)
+        start = self.n.clone()
+        count = self.commit(n_accepted, tokens)
+        if self.exact is not None:
+            with self.clock("verify"):
+                self.exact.after_commit(self, start, count, logits)
+
+    def stream(self) -> int:
+        """Hand row 0's newly final tokens to the streamer; returns how many new tokens are final overall."""
+        final = self.exact.final if self.exact is not None else self.n
+        if self.streamer is not None and int(final[0]) > self.streamed:
+            self.streamer.put(self.seq[0, self.streamed : int(final[0])].cpu())
+            self.streamed = int(final[0])
+        return int((final - self.prompt_lens).sum())
 
     def run(self) -> GenerateOutput:
         with self.clock("total"):
@@ -126,7 +170,8 @@ class Generation:
             bar = tqdm(total=self.max_new * len(self.n), desc="generate", unit="tok",
                        disable=not self.progress or self.streamer is not None)
             while bool(self.active.any()):
-                bar.update(int(self.step().sum()))
+                self.step()
+                bar.update(self.stream() - bar.n)
             bar.close()
             if self.streamer is not None:
                 self.streamer.end()
@@ -135,25 +180,17 @@ class Generation:
         s.new_tokens = (self.n - self.prompt_lens).tolist()
         return GenerateOutput(sequences=None, stats=s)
 
-    def step(self) -> torch.Tensor:
-        """One iteration: draft, select, verify, accept, commit. Returns the tokens committed per row."""
-        with self.clock("draft"):
-            draft_tokens, draft_probs = self.draft()
-        with self.clock("select"):
-            dense = self.policy.before_verify(self)
-        with self.clock("verify"):
-            logits = self.verify(draft_tokens)
-        if dense:
-            self.stats.dense_passes += 1
-        else:
-            self.stats.sparse_passes += 1
-        n_accepted, tokens = self.accept(draft_tokens, draft_probs, logits)
-        self.policy.after_verify(self, n_accepted)
-        start = self.n.clone()
-        count = self.commit(n_accepted, tokens)
-        if self.streamer is not None and int(count[0]):
-            self.streamer.put(self.seq[0, int(start[0]) : int(start[0] + count[0])].cpu())
-        return count
+
+def window_indices(seq_lens: torch.Tensor, n_sink: int, window: int, out: torch.Tensor) -> torch.Tensor:
+    """The draft's own KV window: positions ``[0, n_sink)`` and ``[L - window, L)`` of each row (L = seq_lens),
+    ascending, -1 padded (all of ``[0, L)`` when L <= n_sink + window)."""
+    width = n_sink + window
+    slots = torch.arange(width, device=seq_lens.device)
+    lens = seq_lens[:, None]
+    # Short rows: slot j is position j. Long rows: sinks, then the recent window.
+    long_pos = torch.where(slots < n_sink, slots, lens - window + (slots - n_sink))
+    pos = torch.where(lens <= width, slots.expand_as(long_pos), long_pos)
+    return out.copy_(torch.where(pos < lens, pos, -1))
 
 
 def prefill_chunks(total: int, chunk: int) -> list[tuple[int, int]]:

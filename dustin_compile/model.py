@@ -8,63 +8,111 @@ from dustin.passes import PassReport, RewritePlan
 
 from .config import DustinConfig
 from .driver import Generation, prefill_chunks
-from .policy import DensePolicy, HistoryPolicy
-from .sampling import Sampling
+from .policy import make_policy
+from .profile import DustinProfile, default_profile
 from .steps import StepGraph
 from .validate import check_pair, prompts_from, vocab_size
 from .workspace import Workspace, head_geometry
 
+TARGET_ROLES = ("prefill_target", "verify", "verify_dense", "verify_oracle", "verify_record", "check", "observe")
+# Selectors whose score needs the draft's lookahead taps / the history query tap.
+LOOKAHEAD_SELECTORS = ("dustin", "draft")
+OBSERVE_ROWS = 16  # SnapKV's observation window: the last prompt positions
+
 
 def compile(target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig | None = None, *,
-            tokenizer=None, draft_tokenizer=None, **overrides) -> DustinModel:
+            profile: DustinProfile | str | None = None, tokenizer=None, draft_tokenizer=None,
+            **overrides) -> DustinModel:
     """Wrap an HF causal-LM pair sharing a tokenizer into a ``DustinModel``.
 
     ``overrides`` are ``DustinConfig`` fields (``dustin.compile(t, d, mode="sparse", budget=1024)``); an unknown
-    key is a ``TypeError`` listing the valid ones. Graphs are captured and rewritten on the first ``generate``.
+    key is a ``TypeError`` listing the valid ones. ``profile`` is a ``DustinProfile`` (or its JSON path) from
+    ``dustin.calibrate``. Graphs are captured and rewritten on the first ``generate``.
     """
     config = (config or DustinConfig()).replace(**overrides)
     if config.dtype is not None:
         target.to(config.dtype)
         draft.to(config.dtype)
     check_pair(target, draft, tokenizer, draft_tokenizer)
-    return DustinModel(target, draft, config)
+    if isinstance(profile, str):
+        profile = DustinProfile.load(profile)
+    if profile is not None:
+        profile.check(target, draft)
+    return DustinModel(target, draft, config, profile)
 
 
 class DustinModel:
-    def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig) -> None:
+    def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig,
+                 profile: DustinProfile | None = None) -> None:
         self.target, self.draft, self.config = target.eval(), draft.eval(), config
         self.vocab_size = vocab_size(target)
         self.device = next(target.parameters()).device
         layers = target.config.num_hidden_layers
-        bad = [i for i in config.dense_layers if i >= layers]
+        self.profile = profile or default_profile(target, draft, warn=config.mode != "dense")
+        self.dense_layers = frozenset(config.dense_layers or self.profile.dense_layers)
+        bad = sorted(i for i in self.dense_layers if i >= layers)
         if bad:
-            raise ValueError(f"DustinConfig.dense_layers {bad} out of range: the target has {layers} layers (0..{layers - 1})")
-        q_heads, kv_heads, _ = head_geometry(target)
-        # History signal until calibration lands: a middle layer, the query heads of its first KV group (<= 4).
-        self.history_layer = layers // 2
-        self.history_heads = tuple(range(min(4, q_heads // kv_heads)))
+            raise ValueError(f"dense_layers {bad} out of range: the target has {layers} layers (0..{layers - 1})")
+        free = config.budget - config.n_sink - config.window
+        self.m = config.m if config.m is not None else int(round(self.profile.m_fraction * free))
+        self.recording = False  # calibration: record every layer's queries
         self._graphs: dict[tuple, StepGraph] = {}
         self._ws: Workspace | None = None
 
-    # ---- graphs -----------------------------------------------------------------------------------------------
-    def _plan(self, role: str) -> RewritePlan:
-        if role == "verify" and self.config.mode != "dense":
-            return RewritePlan(attention="sparse", dense_layers=frozenset(self.config.dense_layers),
-                               query_tap=self.history_layer)
-        return RewritePlan(attention="dense")
+    # ---- plans and state ----------------------------------------------------------------------------------------
+    def plan(self, role: str) -> RewritePlan:
+        cfg, prof = self.config, self.profile
+        all_target = tuple(range(self.target.config.num_hidden_layers))
+        if role in ("draft_1", "draft_2"):
+            taps = prof.draft_layers if cfg.mode != "dense" and cfg.selector in LOOKAHEAD_SELECTORS else ()
+            record = tuple(range(self.draft.config.num_hidden_layers)) if self.recording else ()
+            return RewritePlan(attention="dense", score_taps=taps, window_attention=cfg.draft_kv == "window",
+                               query_taps=record)
+        if role == "verify":
+            if self.recording:
+                return RewritePlan(attention="dense", query_taps=all_target)
+            if cfg.mode == "dense":
+                return RewritePlan(attention="dense")
+            return RewritePlan(attention="sparse", dense_layers=self.dense_layers, query_taps=(prof.history_layer,))
+        if role in ("verify_dense", "observe"):
+            return RewritePlan(attention="dense", query_taps=(prof.history_layer,))
+        if role == "verify_oracle":
+            return RewritePlan(attention="dense", query_taps=all_target)
+        return RewritePlan(attention="dense")  # prefill_*, check
 
-    def graph(self, role: str, rows: int | None = None) -> StepGraph:
-        """The compiled step for ``role`` at the current workspace's shape (one code object per shape: no
-        recompiles, and never a silent fallback to the un-rewritten model)."""
+    def state(self, role: str, rows: int) -> dict[str, torch.Tensor]:
+        """The workspace tensors the ``role`` step at ``rows`` query rows reads (stable objects, filled in place)."""
         ws = self._ws
-        key = (role, rows, ws.batch, ws.capacity)
+        return ws.state((role, rows, self.recording), lambda: self._build_state(ws, role, rows))
+
+    def _build_state(self, ws: Workspace, role: str, rows: int) -> dict[str, torch.Tensor]:
+        cfg, plan, batch, long = self.config, self.plan(role), ws.batch, torch.long
+        model = self.target if role in TARGET_ROLES else self.draft
+        q_heads, _, head_dim = head_geometry(model)
+        dtype = next(model.parameters()).dtype
+        shapes = {
+            "seq_lens": ((role, rows, "seq_lens"), (batch,), long, 0),
+            "indices": (("indices",), (batch, cfg.budget), long, -1),
+            "window_indices": (("window_indices",), (batch, cfg.n_sink + cfg.draft_window), long, -1),
+            "query_record": ((role, rows, "query_record", len(plan.query_taps)),
+                             (len(plan.query_taps), batch, q_heads, rows, head_dim), dtype, 0),
+            "lookahead": (("lookahead",), (batch, ws.capacity), torch.float32, 0),
+            "lookahead_seq_lens": (("lookahead_seq_lens",), (batch,), long, 0),
+        }
+        return {name: ws.tensor(*shapes[name]) for name in plan.state_names()}
+
+    def graph(self, role: str, rows: int) -> StepGraph:
+        """The compiled step for ``role`` at ``rows`` query rows and the current workspace's shape (one code object
+        per shape: no recompiles, and never a silent fallback to the un-rewritten model)."""
+        ws = self._ws
+        key = (role, rows, ws.batch, ws.capacity, self.recording)
         if key not in self._graphs:
-            is_target = role in ("verify", "prefill_target")
+            is_target = role in TARGET_ROLES
             model = self.target if is_target else self.draft
             get_cache = (lambda: self._ws.target_cache) if is_target else (lambda: self._ws.draft_cache)
-            inductor = self.config.backend == "inductor" and not role.startswith("prefill")
+            inductor = self.config.backend == "inductor" and not role.startswith(("prefill", "observe"))
             self._graphs[key] = StepGraph(
-                model, role, self._plan(role), get_cache, lambda: self._ws.state[role],
+                model, role, self.plan(role), get_cache, lambda: self.state(role, rows),
                 inductor=inductor, strict=self.config.strict, logits=not role.startswith("prefill"),
             )
         return self._graphs[key]
@@ -79,15 +127,12 @@ class DustinModel:
         """The target verification graph's pass report (``None`` before the first ``generate``)."""
         return self.reports.get("verify")
 
-    def make_policy(self, ws: Workspace):
-        return (DensePolicy if self.config.mode == "dense" else HistoryPolicy)(self, ws)
-
     def _workspace(self, batch: int, needed: int) -> Workspace:
         capacity = self.config.max_length or _bucket(needed)
         ws = self._ws
         if ws is None or ws.batch != batch or ws.capacity != capacity:
             self._ws = None  # free the old caches before allocating new ones
-            ws = self._ws = Workspace(self.target, self.draft, batch, capacity, self.config)
+            ws = self._ws = Workspace(self.target, self.draft, batch, capacity)
         return ws
 
     # ---- generate ---------------------------------------------------------------------------------------------
@@ -108,16 +153,7 @@ class DustinModel:
         prompts = prompts_from(input_ids, attention_mask)
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"`streamer` supports batch size 1 (as in transformers), got a batch of {len(prompts)}")
-        longest = max(len(p) for p in prompts)
-        needed = max(longest + args.max_new_tokens + self.config.gamma + 1,
-                     sum(prefill_chunks(longest - 1, self.config.prefill_chunk)[-1]) if longest > 1 else 0)
-        if self.config.max_length is not None and needed > self.config.max_length:
-            raise ValueError(
-                f"longest prompt ({longest}) + max_new_tokens ({args.max_new_tokens}) + gamma + 1 needs a cache of "
-                f"{needed} positions, more than DustinConfig.max_length={self.config.max_length}; raise max_length "
-                "or shorten the prompt"
-            )
-        ws = self._workspace(len(prompts), needed)
+        ws = self._workspace(len(prompts), self._needed(max(len(p) for p in prompts), args.max_new_tokens))
         prompts = [p.to(self.device) for p in prompts]
         with torch.no_grad():
             gen = Generation(self, ws, prompts, args.max_new_tokens, args.sampling, args.eos_ids,
@@ -125,6 +161,24 @@ class DustinModel:
             out = gen.run()
         out.sequences = _hf_sequences(input_ids, gen, args.pad_token_id)
         return out
+
+    def _needed(self, longest: int, max_new_tokens: int) -> int:
+        """Cache positions one call needs: text + the widest forward past it (verify, or exact mode's check)."""
+        cfg = self.config
+        ahead = cfg.gamma + 1 + (cfg.exact_every + cfg.gamma if cfg.mode == "exact" else 0)
+        needed = longest + max_new_tokens + ahead
+        if longest > 1:
+            needed = max(needed, sum(prefill_chunks(longest - 1, cfg.prefill_chunk)[-1]))
+        if cfg.max_length is not None and needed > cfg.max_length:
+            raise ValueError(
+                f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) + {ahead} positions of lookahead "
+                f"need a cache of {needed} positions, more than DustinConfig.max_length={cfg.max_length}; raise "
+                "max_length or shorten the prompt"
+            )
+        return needed
+
+    def make_policy(self, ws: Workspace):
+        return make_policy(self, ws)
 
 
 def _bucket(needed: int) -> int:

@@ -1,54 +1,97 @@
 """Verification policies: what the driver does around each target verification pass.
 
-``before_verify(gen)`` prepares the verify graph's state (the selected indices) and says whether this pass is dense;
-``after_verify(gen, n_accepted)`` keeps what the next selection needs (the history query ``q*``).
+``begin(gen)`` runs before drafting (resets the lookahead buffer); ``before_verify(gen)`` fills the selection and
+returns the role of the verify graph to run (``"verify"``: sparse in sparse modes; ``"verify_dense"``: a guarded
+refresh); ``after_verify(gen, n_accepted, role)`` keeps what the next selection needs (the history query ``q*``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .selectors import SELECTOR_SCORES
+
 
 class DensePolicy:
     """Classic speculative decoding: full-KV verification, nothing to select."""
 
-    def __init__(self, model, ws) -> None:
+    def begin(self, gen) -> None:
         pass
 
-    def before_verify(self, gen) -> bool:
-        return True
+    def before_verify(self, gen) -> str:
+        return "verify"
 
-    def after_verify(self, gen, n_accepted: torch.Tensor) -> None:
+    def after_verify(self, gen, n_accepted: torch.Tensor, role: str) -> None:
         pass
 
 
-class HistoryPolicy:
-    """Sparse verification with sink + recent window + target-history scores.
+class SparsePolicy:
+    """Dustin's selection (or a baseline selector) for the ``sparse``, ``guarded`` and ``exact`` modes.
 
-    History: ``q*`` is the target's query, at ``layer``, of the last committed token whose query was computed
-    (verify row ``n_accepted``); its softmax over the cached keys of that layer, summed over ``heads``, ranks the
-    positions. The first iteration has no ``q*`` and fills the budget by recency (StreamingLLM).
+    One index set per row, shared by every layer and head: sink + recent window; then the top ``m`` positions by
+    the draft's lookahead (its score heads over the drafted tokens, accumulated by the graph taps); then the rest
+    of the budget by the target's history score (``q*`` of the last committed token at the profile's layer/heads).
     """
 
     def __init__(self, model, ws) -> None:
-        self.ws, self.cfg = ws, model.config
-        self.layer, self.heads = model.history_layer, list(model.history_heads)
+        self.m, self.ws, self.cfg = model, ws, model.config
         self.q_star: torch.Tensor | None = None
+        self.iterations_since_dense = 0
+        self.memo: dict = {}  # per-call selector state (e.g. SnapKV's static scores)
 
-    def before_verify(self, gen) -> bool:
-        from dustin.kernels import score_heads, select_tokens
+    def begin(self, gen) -> None:
+        state = self.m.state("draft_1", 1)
+        if "lookahead" in state:
+            state["lookahead"].zero_()
+            state["lookahead_seq_lens"].copy_(gen.n - 1)
 
-        seq_lens = gen.n - 1
-        hist = None
-        if self.q_star is not None:
-            keys = self.ws.target_cache.layers[self.layer].keys
-            hist = score_heads(self.q_star, keys, seq_lens, self.heads)
-        indices = select_tokens(None, hist, seq_lens, budget=self.cfg.budget, n_sink=self.cfg.n_sink,
-                                window=self.cfg.window, m=0)
-        self.ws.state["verify"]["indices"].copy_(indices)
-        return False
+    def history_scores(self, gen) -> torch.Tensor | None:
+        """softmax(q* K^T) at the profile's layer, summed over its heads, over positions < n - 1."""
+        from dustin.kernels import score_heads
 
-    def after_verify(self, gen, n_accepted: torch.Tensor) -> None:
-        record = self.ws.state["verify"]["query_record"]  # [B, Hq, gamma + 1, D]
+        if self.q_star is None:
+            return None
+        keys = self.ws.target_cache.layers[self.m.profile.history_layer].keys
+        return score_heads(self.q_star, keys, gen.n - 1, list(self.m.profile.history_heads))
+
+    def before_verify(self, gen) -> str:
+        from dustin.kernels import select_tokens
+
+        cfg, seq_lens = self.cfg, gen.n - 1
+        draft, hist = SELECTOR_SCORES[cfg.selector](self, gen)
+        indices = select_tokens(draft, hist, seq_lens, budget=cfg.budget, n_sink=cfg.n_sink, window=cfg.window,
+                                m=self.m.m if draft is not None and hist is not None else 0)
+        self.ws.tensor(("indices",), indices.shape, indices.dtype).copy_(indices)
+        if cfg.mode == "guarded" and self._needs_dense(gen, indices):
+            return "verify_dense"
+        return "verify"
+
+    def _needs_dense(self, gen, indices: torch.Tensor) -> bool:
+        """Guarded mode: estimated recovery (history mass inside the selection) below ``min_recovery``, or the
+        refresh interval reached."""
+        cfg = self.cfg
+        if cfg.refresh_every and self.iterations_since_dense + 1 >= cfg.refresh_every:
+            return True
+        hist = self.history_scores(gen)
+        if hist is None:
+            return cfg.min_recovery > 0  # nothing to estimate from yet: be safe
+        recovery = estimated_recovery(hist, indices, gen.n - 1)
+        gen.stats.recovery.append(float(recovery[gen.active].mean()))
+        return bool((recovery[gen.active] < cfg.min_recovery).any())
+
+    def after_verify(self, gen, n_accepted: torch.Tensor, role: str) -> None:
+        self.iterations_since_dense = 0 if role == "verify_dense" else self.iterations_since_dense + 1
+        record = self.m.state(role, self.cfg.gamma + 1)["query_record"][0]  # [B, Hq, gamma + 1, D]
         b, h, _, d = record.shape
         self.q_star = record.gather(2, n_accepted.view(b, 1, 1, 1).expand(b, h, 1, d)).clone()
+
+
+def estimated_recovery(hist: torch.Tensor, indices: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+    """Per row: history-score mass inside the selected set over the total mass (1.0 for an all-dense selection)."""
+    picked = hist.gather(1, indices.clamp_min(0)) * (indices >= 0)
+    total = hist.sum(1)
+    return torch.where(total > 0, picked.sum(1) / total.clamp_min(1e-30), torch.ones_like(total))
+
+
+def make_policy(model, ws):
+    return DensePolicy() if model.config.mode == "dense" else SparsePolicy(model, ws)

@@ -25,6 +25,8 @@ class GenerateStats:
     prefill_passes: int = 0
     sparse_passes: int = 0
     dense_passes: int = 0
+    rolled_back: int = 0  # exact mode: provisional tokens a dense check replaced
+    recovery: list[float] = field(default_factory=list)  # guarded mode: estimated recovery per sparse selection
     time_prefill: float = 0.0
     time_draft: float = 0.0
     time_select: float = 0.0
@@ -52,6 +54,7 @@ class GenerateStats:
             ("tau (tokens / target pass)", f"{self.tau:.2f}"),
             ("target passes (sparse / dense)", f"{self.target_passes} ({self.sparse_passes} / {self.dense_passes})"),
             ("draft passes", str(self.draft_passes)),
+            ("provisional tokens rolled back", str(self.rolled_back)),
             ("prefill", f"{self.time_prefill:.2f} s ({self.prefill_passes} passes)"),
             ("draft / select / verify / other", f"{self.time_draft:.2f} / {self.time_select:.2f} / "
                                                 f"{self.time_verify:.2f} / {self.time_other:.2f} s"),

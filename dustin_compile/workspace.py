@@ -1,6 +1,8 @@
 """``Workspace``: everything sized by (batch, capacity) — both KV caches and the driver-owned state of each step.
 
-Compiled graphs read these tensors as inputs at every call; the driver fills them in place between steps.
+Compiled graphs read these tensors as inputs at every call; the driver fills them in place between steps. State
+tensors are allocated on first use and then reused (no per-step allocations): ``seq_lens`` and ``query_record`` per
+(role, rows), the selection (``indices``), the draft's ``window_indices`` and the lookahead buffers shared.
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from .cache import RowCache
-from .config import DustinConfig
 
 
 def head_geometry(model: torch.nn.Module) -> tuple[int, int, int]:
@@ -21,25 +22,27 @@ def head_geometry(model: torch.nn.Module) -> tuple[int, int, int]:
 
 
 class Workspace:
-    def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, batch: int, capacity: int,
-                 config: DustinConfig) -> None:
+    def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, batch: int, capacity: int) -> None:
         self.batch, self.capacity = batch, capacity
         self.target_cache = RowCache.for_model(target, batch, capacity)
         self.draft_cache = RowCache.for_model(draft, batch, capacity)
-        device = self.target_cache.write_pos.device
+        self.device = self.target_cache.write_pos.device
+        self._tensors: dict[tuple, torch.Tensor] = {}
+        self._states: dict[tuple, dict[str, torch.Tensor]] = {}
 
-        def lens() -> torch.Tensor:
-            return torch.zeros(batch, dtype=torch.long, device=device)
+    def tensor(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, fill: float = 0) -> torch.Tensor:
+        """The state tensor stored under ``key``, allocated (filled with ``fill``) on first use."""
+        found = self._tensors.get(key)
+        if found is None:
+            found = self._tensors[key] = torch.full(shape, fill, dtype=dtype, device=self.device)
+        return found
 
-        self.state: dict[str, dict[str, torch.Tensor]] = {
-            role: {"seq_lens": lens()} for role in ("prefill_target", "prefill_draft", "draft_1", "draft_2", "verify")
-        }
-        if config.mode != "dense":
-            q_heads, _, head_dim = head_geometry(target)
-            dtype = self.target_cache.layers[0].keys.dtype
-            verify = self.state["verify"]
-            verify["indices"] = torch.full((batch, config.budget), -1, dtype=torch.long, device=device)
-            verify["query_record"] = torch.zeros(batch, q_heads, config.gamma + 1, head_dim, dtype=dtype, device=device)
+    def state(self, key: tuple, build) -> dict[str, torch.Tensor]:
+        """The name → tensor dict one compiled step reads, built once per (role, rows)."""
+        found = self._states.get(key)
+        if found is None:
+            found = self._states[key] = build()
+        return found
 
     def nbytes(self) -> int:
         return self.target_cache.nbytes() + self.draft_cache.nbytes()

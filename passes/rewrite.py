@@ -27,7 +27,8 @@ class RewritePlan:
 
     attention: ``"dense"`` rewrites every matched attention to the packed dense op; ``"sparse"`` to
         ``dustin::sparse_attention`` except for ``dense_layers``; ``"keep"`` leaves attention as traced.
-    query_tap: record the post-RoPE query of this layer (all heads, all rows) into the ``query_record`` state buffer.
+    query_taps: record the post-RoPE query (all heads, all rows) of each listed layer into ``query_record[i]``
+        (state buffer ``[len(query_taps), B, Hq, T, D]``).
     score_taps: ``((layer, (head, ...)), ...)``: add ``score_heads`` of the last ``score_rows`` query rows over the
         history (``< lookahead_seq_lens``) into the ``lookahead`` state buffer, at each listed layer.
     window_attention: rewrite dense attention to ``sparse_attention`` with the ``window_indices`` state (the draft's
@@ -36,7 +37,7 @@ class RewritePlan:
 
     attention: str = "dense"
     dense_layers: frozenset[int] = frozenset()
-    query_tap: int | None = None
+    query_taps: tuple[int, ...] = ()
     score_taps: tuple[tuple[int, tuple[int, ...]], ...] = ()
     score_rows: int = 1
     window_attention: bool = False
@@ -47,7 +48,7 @@ class RewritePlan:
             names.append("indices")
         if self.window_attention:
             names.append("window_indices")
-        if self.query_tap is not None:
+        if self.query_taps:
             names.append("query_record")
         if self.score_taps:
             names += ["lookahead", "lookahead_seq_lens"]

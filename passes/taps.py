@@ -1,7 +1,8 @@
 """Score taps: ops the pass inserts so the driver gets the selection signals without touching model code.
 
-- Query tap (target verify graph): copy the post-RoPE query of one layer (all heads, all T rows) into the driver's
-  ``query_record`` buffer; the driver keeps the row of the last committed token as the history query ``q*``.
+- Query taps (target verify graph): copy the post-RoPE query of a layer (all heads, all T rows) into the driver's
+  ``query_record[i]``; the driver keeps the row of the last committed token as the history query ``q*`` (and
+  calibration / the oracle selector record every layer).
 - Score taps (draft graphs): at each listed draft layer, add ``score_heads`` of the last ``score_rows`` query rows
   over the history positions ``< lookahead_seq_lens`` into the driver's ``lookahead`` buffer (``[B, S]`` float32).
 """
@@ -25,7 +26,7 @@ def insert_taps(
     """Insert the plan's taps before the matched attention nodes; returns a report record per tap."""
     records: list[RewriteRecord] = []
     by_layer = {m.layer: m for m in matches}
-    wanted = ([plan.query_tap] if plan.query_tap is not None else []) + [layer for layer, _ in plan.score_taps]
+    wanted = list(plan.query_taps) + [layer for layer, _ in plan.score_taps]
     missing = [layer for layer in wanted if layer not in by_layer]
     if missing:
         from dustin.errors import PassError
@@ -35,11 +36,12 @@ def insert_taps(
             f"{sorted(by_layer)}); choose tap layers among them"
         )
     graph = gm.graph
-    if plan.query_tap is not None:
-        m = by_layer[plan.query_tap]
+    for slot, layer in enumerate(plan.query_taps):
+        m = by_layer[layer]
         with graph.inserting_before(m.node):
-            graph.call_function(torch.ops.aten.copy_.default, (state["query_record"], m.query))
-        records.append(RewriteRecord(m.layer, m.node.name, "query tap", "q* for the history signal"))
+            target = graph.call_function(operator.getitem, (state["query_record"], slot))
+            graph.call_function(torch.ops.aten.copy_.default, (target, m.query))
+        records.append(RewriteRecord(m.layer, m.node.name, "query tap", f"query_record[{slot}]"))
     for layer, heads in plan.score_taps:
         m = by_layer[layer]
         with graph.inserting_before(m.node):

@@ -35,7 +35,7 @@ def _compare(target, draft, prompts, max_new_tokens, gamma, eos=None, mode="dens
 @pytest.mark.parametrize("gamma", [1, 3, 4])
 def test_batch_one(pair, gamma):
     _, target, draft = pair
-    out = _compare(target, draft, random_prompts([9], seed=gamma), max_new_tokens=13, gamma=gamma)
+    out = _compare(target, draft, random_prompts([9], seed=gamma), max_new_tokens=13, gamma=gamma, eos=[])
     assert out.stats.new_tokens == [13]
     assert out.stats.target_passes == out.stats.row_passes[0] >= 13 / (gamma + 1)
 
@@ -44,7 +44,7 @@ def test_batch_one(pair, gamma):
 def test_ragged_batch(pair, gamma):
     _, target, draft = pair
     prompts = random_prompts([3, 17, 1, 8], seed=10 + gamma)
-    out = _compare(target, draft, prompts, max_new_tokens=11, gamma=gamma)
+    out = _compare(target, draft, prompts, max_new_tokens=11, gamma=gamma, eos=[])
     assert out.stats.new_tokens == [11] * 4
 
 
@@ -52,7 +52,7 @@ def test_eos_in_the_middle(pair):
     _, target, draft = pair
     prompts = random_prompts([5, 12, 7], seed=3)
     ids, mask = left_padded(prompts)
-    free = hf_greedy(target, ids, mask, 16)
+    free = hf_greedy(target, ids, mask, 16, eos_token_id=[])
     eos = int(free[1, ids.shape[1] + 4])  # the 5th token row 1 generates: it stops there, others maybe elsewhere
     out = _compare(target, draft, prompts, max_new_tokens=16, gamma=3, eos=eos)
     assert out.stats.new_tokens[1] <= 5
@@ -60,7 +60,8 @@ def test_eos_in_the_middle(pair):
 
 def test_draft_always_right(pair):
     _, target, _ = pair
-    out = _compare(target, copy.deepcopy(target), random_prompts([6, 10], seed=4), max_new_tokens=14, gamma=4)
+    out = _compare(target, copy.deepcopy(target), random_prompts([6, 10], seed=4), max_new_tokens=14, gamma=4,
+                   eos=[])
     # 14 tokens = 5 + 5 + 4: every drafted token accepted, three passes per row (the last cut at max_new_tokens)
     assert out.stats.row_passes == [3, 3]
     assert out.stats.accepted == [4 + 4 + 4] * 2  # the last pass commits 4 drafted tokens, no correction
@@ -68,7 +69,8 @@ def test_draft_always_right(pair):
 
 def test_draft_always_wrong(pair):
     _, target, _ = pair
-    out = _compare(target, always_wrong_draft(target), random_prompts([6, 10], seed=5), max_new_tokens=7, gamma=3)
+    out = _compare(target, always_wrong_draft(target), random_prompts([6, 10], seed=5), max_new_tokens=7, gamma=3,
+                   eos=[])
     assert out.stats.accepted == [0, 0]
     assert out.stats.row_passes == [7, 7]  # one correction token per pass
 
