@@ -5,20 +5,24 @@
     out = model.generate(input_ids, max_new_tokens=256)   # out.sequences, out.stats
 """
 
+from .calibrate import calibrate
 from .config import DustinConfig
 from .errors import DustinError, ModelPairError, PassError, ProfileError
 from .model import DustinModel, compile
+from .profile import DustinProfile
 from .stats import GenerateOutput, GenerateStats
 
 __all__ = [
     "DustinConfig",
     "DustinError",
     "DustinModel",
+    "DustinProfile",
     "GenerateOutput",
     "GenerateStats",
     "ModelPairError",
     "PassError",
     "ProfileError",
+    "calibrate",
     "compile",
 ]
 __version__ = "0.1.0"

@@ -53,6 +53,7 @@ class Generation:
 
     def _draft_logits(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         logits = self.forward(role, ids, pos)[:, -1].float()
+        self.policy.after_draft(self, role, ids.shape[1])
         pad = self.m.vocab_size - logits.shape[-1]
         if pad > 0:  # the target's table is padded past the shared tokenizer: the draft never proposes those ids
             logits = torch.nn.functional.pad(logits, (0, pad), value=float("-inf"))

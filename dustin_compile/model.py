@@ -56,6 +56,7 @@ class DustinModel:
         free = config.budget - config.n_sink - config.window
         self.m = config.m if config.m is not None else int(round(self.profile.m_fraction * free))
         self.recording = False  # calibration: record every layer's queries
+        self.policy_factory = None  # calibration installs its recorder here
         self._graphs: dict[tuple, StepGraph] = {}
         self._ws: Workspace | None = None
 

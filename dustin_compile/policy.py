@@ -18,6 +18,9 @@ class DensePolicy:
     def begin(self, gen) -> None:
         pass
 
+    def after_draft(self, gen, role: str, rows: int) -> None:
+        pass
+
     def before_verify(self, gen) -> str:
         return "verify"
 
@@ -38,6 +41,9 @@ class SparsePolicy:
         self.q_star: torch.Tensor | None = None
         self.iterations_since_dense = 0
         self.memo: dict = {}  # per-call selector state (e.g. SnapKV's static scores)
+
+    def after_draft(self, gen, role: str, rows: int) -> None:
+        pass
 
     def begin(self, gen) -> None:
         state = self.m.state("draft_1", 1)
@@ -94,4 +100,6 @@ def estimated_recovery(hist: torch.Tensor, indices: torch.Tensor, seq_lens: torc
 
 
 def make_policy(model, ws):
+    if model.policy_factory is not None:
+        return model.policy_factory(model, ws)
     return DensePolicy() if model.config.mode == "dense" else SparsePolicy(model, ws)

@@ -1,0 +1,102 @@
+"""Recording dense speculative trajectories for calibration (see calibrate.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import DustinConfig
+from .policy import DensePolicy
+
+
+@dataclass
+class WindowRecord:
+    """One verification window of one text (batch of 1), reduced to what calibration scores.
+
+    truth: ``[Lt, B, S]`` each target layer's attention over the history, averaged over heads and rows.
+    hist: ``[Lt, Hq, B, S]`` each target head's history score (``q*`` of the last committed token).
+    draft: ``[Ld, Hd, B, S]`` each draft head's lookahead score (summed over the drafted tokens).
+    """
+
+    seq_lens: torch.Tensor
+    truth: torch.Tensor
+    hist: torch.Tensor
+    draft: torch.Tensor
+
+    def signal_heads(self, kind: str, layer: int) -> list[int]:
+        return list(range((self.hist if kind == "hist" else self.draft).shape[1]))
+
+    def signal(self, kind: str, layer: int, heads: tuple[int, ...]) -> torch.Tensor:
+        table = self.hist if kind == "hist" else self.draft
+        return table[layer, list(heads)].sum(0)
+
+    def kept_mass(self, indices: torch.Tensor) -> torch.Tensor:
+        """Per target layer: attention mass inside ``indices`` (mean over the batch)."""
+        valid = (indices >= 0).to(self.truth.dtype)
+        picked = self.truth.gather(2, indices.clamp_min(0)[None].expand(self.truth.shape[0], -1, -1))
+        return (picked * valid).sum(2).mean(1)
+
+
+class _Recorder(DensePolicy):
+    """Dense verification; keeps each iteration's queries (copies of the graphs' query taps)."""
+
+    def __init__(self, model, ws) -> None:
+        self.m, self.iterations, self.draft_rows = model, [], []
+
+    def begin(self, gen) -> None:
+        self.draft_rows = []
+
+    def after_draft(self, gen, role: str, rows: int) -> None:
+        record = self.m.state(role, rows)["query_record"]  # [Ld, B, Hd, rows, D]
+        self.draft_rows.append(record[:, :, :, -1:].clone())
+
+    def after_verify(self, gen, n_accepted: torch.Tensor, role: str) -> None:
+        queries = self.m.state(role, self.m.config.gamma + 1)["query_record"].clone()  # [Lt, B, Hq, T, D]
+        self.iterations.append((gen.n - 1, queries, n_accepted.clone(), torch.cat(self.draft_rows, 3)))
+
+
+def record_windows(target, draft, prompts: list[torch.Tensor], *, gamma: int, windows: int,
+                   progress: bool = True) -> list[WindowRecord]:
+    from .model import DustinModel
+    from .profile import default_profile
+
+    config = DustinConfig(mode="dense", gamma=gamma, backend="eager")
+    model = DustinModel(target, draft, config, default_profile(target, draft, warn=False))
+    model.recording = True
+    recorders: list[_Recorder] = []
+
+    def factory(m, ws):
+        recorders.append(_Recorder(m, ws))
+        return recorders[-1]
+
+    model.policy_factory = factory
+    out: list[WindowRecord] = []
+    for ids in tqdm(prompts, desc="record", unit="text", disable=not progress):
+        model.generate(ids[None], max_new_tokens=(windows + 1) * (gamma + 1), eos_token_id=[])
+        out += _reduce(model, recorders[-1].iterations[: windows + 1])
+    return out
+
+
+def _reduce(model, iterations) -> list[WindowRecord]:
+    """Turn raw queries into per-window truth and signals, using the final caches (keys never change)."""
+    from dustin.kernels import score_heads
+
+    t_keys = [layer.keys for layer in model._ws.target_cache.layers]
+    d_keys = [layer.keys for layer in model._ws.draft_cache.layers]
+    records = []
+    for (seq_lens, queries, _, drafts), (prev_lens, prev_queries, prev_acc, _) in zip(iterations[1:], iterations):
+        q_heads, rows = queries.shape[2], queries.shape[3]
+        truth = torch.stack([score_heads(q, k, seq_lens, list(range(q_heads))) for q, k in zip(queries, t_keys)])
+        truth /= q_heads * rows
+        # q*: the previous verification's query of its last accepted row (the last history position).
+        b, h, _, d = prev_queries.shape[1:]
+        q_star = prev_queries.gather(3, prev_acc.view(1, b, 1, 1, 1).expand(len(t_keys), b, h, 1, d))
+        hist = torch.stack([torch.stack([score_heads(q, k, seq_lens, [head]) for head in range(q_heads)])
+                            for q, k in zip(q_star, t_keys)])
+        d_heads = drafts.shape[2]
+        lookahead = torch.stack([torch.stack([score_heads(q, k, seq_lens, [head]) for head in range(d_heads)])
+                                 for q, k in zip(drafts, d_keys)])
+        records.append(WindowRecord(seq_lens.clone(), truth, hist, lookahead))
+    return records
