@@ -33,27 +33,33 @@ def calibrate(target: torch.nn.Module, draft: torch.nn.Module, texts, *, tokeniz
         raise ValueError(f"calibrate: budget ({budget}) must exceed n_sink + window ({n_sink + window})")
     prompts = _prompts(texts, tokenizer, context)
     records = record_windows(target, draft, prompts, gamma=gamma, windows=windows, progress=progress)
+    choice = choose(records, target.config.num_hidden_layers, draft.config.num_hidden_layers, budget=budget,
+                    n_sink=n_sink, window=window, history_heads=history_heads, draft_layers=draft_layers,
+                    draft_heads=draft_heads, max_dense_layers=max_dense_layers, worst_weight=worst_weight,
+                    progress=progress)
+    return DustinProfile(target_hash=config_hash(target), draft_hash=config_hash(draft), budget=budget, **choice)
+
+
+def choose(records, t_layers: int, d_layers: int, *, budget: int, n_sink: int, window: int, history_heads: int,
+           draft_layers: int, draft_heads: int, max_dense_layers: int, worst_weight: float,
+           progress: bool = False) -> dict:
+    """The profile's choices from recorded windows (``WindowRecord``s): see the module docstring."""
     scorer = _Scorer(records, budget, n_sink, window, worst_weight)
-    t_layers = target.config.num_hidden_layers
     steps = tqdm(total=4, desc="calibrate", disable=not progress)
     # Target: per layer, its best heads by single-head recovery; the layer whose summed signal selects best.
-    layer_heads = {}
-    for layer in range(t_layers):
-        ranked = scorer.rank_heads("hist", layer)
-        layer_heads[layer] = tuple(sorted(ranked[:history_heads]))
+    layer_heads = {layer: tuple(sorted(scorer.rank_heads("hist", layer)[:history_heads])) for layer in range(t_layers)}
     best_layer = max(range(t_layers), key=lambda l: scorer.objective(scorer.select(hist=("hist", l, layer_heads[l]))))
     hist = ("hist", best_layer, layer_heads[best_layer])
     steps.update()
     # Draft: greedily add layers (each with its best heads) while the draft-only selection improves.
-    d_layers = draft.config.num_hidden_layers
     draft_best = {l: tuple(sorted(scorer.rank_heads("draft", l)[:draft_heads])) for l in range(d_layers)}
     order = sorted(range(d_layers), key=lambda l: -scorer.objective(scorer.select(draft=[("draft", l, draft_best[l])])))
     chosen: list = []
     best = float("-inf")
-    for layer in order:
+    for layer in order[:draft_layers]:
         trial = chosen + [("draft", layer, draft_best[layer])]
         value = scorer.objective(scorer.select(draft=trial))
-        if value <= best or len(chosen) >= draft_layers:
+        if value <= best:
             break
         chosen, best = trial, value
     steps.update()
@@ -62,16 +68,15 @@ def calibrate(target: torch.nn.Module, draft: torch.nn.Module, texts, *, tokeniz
     m_fraction = max(M_GRID, key=lambda f: scorer.objective(scorer.select(chosen, hist, round(f * free))))
     per_layer = scorer.recovery(scorer.select(chosen, hist, round(m_fraction * free)))
     steps.update()
+    # The worst layers stay dense, within the budget of max_dense_layers.
     dense = sorted(sorted(range(t_layers), key=lambda l: per_layer[l])[:max_dense_layers])
     final = [1.0 if l in dense else r for l, r in enumerate(per_layer)]
     steps.update()
     steps.close()
-    return DustinProfile(
-        target_hash=config_hash(target), draft_hash=config_hash(draft), history_layer=best_layer,
-        history_heads=hist[2], draft_layers=tuple((l, heads) for _, l, heads in chosen), m_fraction=m_fraction,
-        dense_layers=tuple(dense), budget=budget, recovery=[round(r, 4) for r in per_layer],
-        objective=round(_objective(final, worst_weight), 4),
-    )
+    return dict(history_layer=best_layer, history_heads=hist[2],
+                draft_layers=tuple((l, heads) for _, l, heads in chosen), m_fraction=m_fraction,
+                dense_layers=tuple(dense), recovery=[round(r, 4) for r in per_layer],
+                objective=round(_objective(final, worst_weight), 4))
 
 
 def _prompts(texts, tokenizer, context: int) -> list[torch.Tensor]:
