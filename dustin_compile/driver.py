@@ -22,10 +22,14 @@ from .stats import GenerateOutput, GenerateStats, PhaseClock
 
 class Generation:
     def __init__(self, model, ws, prompts: list[torch.Tensor], max_new_tokens: int, sampling: Sampling,
-                 eos_ids: list[int], generator: torch.Generator | None, streamer=None, progress: bool = False) -> None:
+                 eos_ids: list[int], generator: torch.Generator | None, streamer=None, progress: bool = False,
+                 use_draft: bool = True) -> None:
         self.m, self.ws, self.cfg = model, ws, model.config
         self.sampling, self.generator, self.streamer, self.progress = sampling, generator, streamer, progress
         self.max_new = max_new_tokens
+        # Without the draft the target decodes alone (one row per pass) through the same graphs and selection.
+        self.gamma = self.cfg.gamma if use_draft else 0
+        self.verify_rows = self.gamma + 1
         device, batch = ws.device, len(prompts)
         self.prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
         self.seq = torch.zeros(batch, ws.capacity, dtype=torch.long, device=device)
@@ -64,6 +68,12 @@ class Generation:
 
     # ---- phases -----------------------------------------------------------------------------------------------
     def prefill(self) -> None:
+        """Fill both caches with every prompt token but the last. Skipped when the workspace already holds these
+        prompts: decoding never writes below a prompt's last position, so a repeated prompt reuses its cache."""
+        key = tuple(tuple(row[: int(n)].tolist()) for row, n in zip(self.seq, self.prompt_lens))
+        if self.ws.prefilled == key:
+            return
+        self.ws.prefilled = None
         total = int(self.prompt_lens.max()) - 1  # the last prompt token is pending
         chunks = prefill_chunks(total, self.cfg.prefill_chunk)
         batch = self.seq.shape[0]
@@ -73,14 +83,19 @@ class Generation:
             self.forward("prefill_target", ids, pos)
             self.forward("prefill_draft", ids, pos)
             self.stats.prefill_passes += 1
+        self.ws.prefilled = key
 
     def draft(self):
         """γ draft tokens per row ``[B, γ]`` and, when sampling, their distributions ``[B, γ, V]``."""
+        if not self.gamma:
+            empty = torch.zeros(self.seq.shape[0], 0, dtype=torch.long, device=self.seq.device)
+            probs = torch.zeros(self.seq.shape[0], 0, self.m.vocab_size, device=self.seq.device)
+            return empty, probs if self.sampling.do_sample else None
         first = int(self.draft_need[self.active].max())
         pos = self.positions(self.n - first, first)  # the last `first` committed positions
         logits = self._draft_logits(f"draft_{first}", self.seq.gather(1, pos), pos)
         tokens, probs = [], []
-        for i in range(self.cfg.gamma):
+        for i in range(self.gamma):
             if i:
                 logits = self._draft_logits("draft_1", tokens[-1][:, None], (self.n - 1 + i)[:, None])
             token, prob = choose(logits, self.sampling, self.generator)
@@ -128,7 +143,7 @@ class Generation:
             self.stats.accepted[b] += int(min(n_accepted[b], count[b]))
             self.stats.row_passes[b] += 1
         self.n += count
-        self.draft_need = torch.where(n_accepted == self.cfg.gamma, 2, 1)
+        self.draft_need = torch.where(n_accepted == self.gamma, 2, 1)
         self.active &= ~(hit | (self.n - self.prompt_lens >= self.max_new))
         return count
 

@@ -141,12 +141,14 @@ class DustinModel:
                  max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
                  pad_token_id: int | None = None, streamer=None, generator: torch.Generator | None = None,
-                 generation_config=None, progress: bool = False):
+                 generation_config=None, progress: bool = False, use_draft: bool = True):
         """Speculative decoding of ``input_ids`` (left-padded, like transformers). Returns ``GenerateOutput`` with
         ``sequences`` (prompt + new tokens, padded like ``generate``) and ``stats``.
 
         ``eos_token_id=None`` uses the target's ``generation_config``; pass ``[]`` for none. Knobs left at their
         defaults are taken from ``generation_config`` when one is given. ``progress=True`` shows progress bars.
+        ``use_draft=False`` decodes with the target alone (one token per pass) through the same compiled graphs
+        and, in sparse modes, the same selection (history signal only): the autoregressive baselines.
         """
         from .generate_args import resolve
 
@@ -158,7 +160,7 @@ class DustinModel:
         prompts = [p.to(self.device) for p in prompts]
         with torch.no_grad():
             gen = Generation(self, ws, prompts, args.max_new_tokens, args.sampling, args.eos_ids,
-                             args.generator, streamer, progress)
+                             args.generator, streamer, progress, use_draft)
             out = gen.run()
         out.sequences = _hf_sequences(input_ids, gen, args.pad_token_id)
         return out

@@ -46,6 +46,9 @@ class SparsePolicy:
         pass
 
     def begin(self, gen) -> None:
+        self._hist = None
+        if not gen.gamma:
+            return
         state = self.m.state("draft_1", 1)
         if "lookahead" in state:
             state["lookahead"].zero_()
@@ -57,37 +60,42 @@ class SparsePolicy:
 
         if self.q_star is None:
             return None
-        keys = self.ws.target_cache.layers[self.m.profile.history_layer].keys
-        return score_heads(self.q_star, keys, gen.n - 1, list(self.m.profile.history_heads))
+        if self._hist is None:  # once per iteration: the selector and the guard share it
+            keys = self.ws.target_cache.layers[self.m.profile.history_layer].keys
+            self._hist = score_heads(self.q_star, keys, gen.n - 1, list(self.m.profile.history_heads))
+        return self._hist
 
     def before_verify(self, gen) -> str:
         from dustin.kernels import select_tokens
 
         cfg, seq_lens = self.cfg, gen.n - 1
         draft, hist = SELECTOR_SCORES[cfg.selector](self, gen)
+        if not gen.gamma:
+            draft = None  # no draft ran: no lookahead signal
         indices = select_tokens(draft, hist, seq_lens, budget=cfg.budget, n_sink=cfg.n_sink, window=cfg.window,
                                 m=self.m.m if draft is not None and hist is not None else 0)
         self.ws.tensor(("indices",), indices.shape, indices.dtype).copy_(indices)
-        if cfg.mode == "guarded" and self._needs_dense(gen, indices):
+        recovery = None
+        if self.q_star is not None and (cfg.mode == "guarded" or hist is not None):
+            recovery = estimated_recovery(self.history_scores(gen), indices, seq_lens)[gen.active]
+            gen.stats.recovery.append(float(recovery.mean()))
+        if cfg.mode == "guarded" and self._needs_dense(recovery):
             return "verify_dense"
         return "verify"
 
-    def _needs_dense(self, gen, indices: torch.Tensor) -> bool:
+    def _needs_dense(self, recovery: torch.Tensor | None) -> bool:
         """Guarded mode: estimated recovery (history mass inside the selection) below ``min_recovery``, or the
         refresh interval reached."""
         cfg = self.cfg
         if cfg.refresh_every and self.iterations_since_dense + 1 >= cfg.refresh_every:
             return True
-        hist = self.history_scores(gen)
-        if hist is None:
+        if recovery is None:
             return cfg.min_recovery > 0  # nothing to estimate from yet: be safe
-        recovery = estimated_recovery(hist, indices, gen.n - 1)
-        gen.stats.recovery.append(float(recovery[gen.active].mean()))
-        return bool((recovery[gen.active] < cfg.min_recovery).any())
+        return bool((recovery < cfg.min_recovery).any())
 
     def after_verify(self, gen, n_accepted: torch.Tensor, role: str) -> None:
         self.iterations_since_dense = 0 if role == "verify_dense" else self.iterations_since_dense + 1
-        record = self.m.state(role, self.cfg.gamma + 1)["query_record"][0]  # [B, Hq, gamma + 1, D]
+        record = self.m.state(role, gen.verify_rows)["query_record"][0]  # [B, Hq, gamma + 1, D]
         b, h, _, d = record.shape
         self.q_star = record.gather(2, n_accepted.view(b, 1, 1, 1).expand(b, h, 1, d)).clone()
 

@@ -26,7 +26,7 @@ class GenerateStats:
     sparse_passes: int = 0
     dense_passes: int = 0
     rolled_back: int = 0  # exact mode: provisional tokens a dense check replaced
-    recovery: list[float] = field(default_factory=list)  # guarded mode: estimated recovery per sparse selection
+    recovery: list[float] = field(default_factory=list)  # estimated recovery of each selection (history mass kept)
     time_prefill: float = 0.0
     time_draft: float = 0.0
     time_select: float = 0.0
@@ -55,6 +55,7 @@ class GenerateStats:
             ("target passes (sparse / dense)", f"{self.target_passes} ({self.sparse_passes} / {self.dense_passes})"),
             ("draft passes", str(self.draft_passes)),
             ("provisional tokens rolled back", str(self.rolled_back)),
+            ("estimated recovery (mean)", f"{sum(self.recovery) / len(self.recovery):.3f}" if self.recovery else "-"),
             ("prefill", f"{self.time_prefill:.2f} s ({self.prefill_passes} passes)"),
             ("draft / select / verify / other", f"{self.time_draft:.2f} / {self.time_select:.2f} / "
                                                 f"{self.time_verify:.2f} / {self.time_other:.2f} s"),

@@ -29,6 +29,7 @@ class Workspace:
         self.device = self.target_cache.write_pos.device
         self._tensors: dict[tuple, torch.Tensor] = {}
         self._states: dict[tuple, dict[str, torch.Tensor]] = {}
+        self.prefilled: tuple | None = None  # the prompts whose K/V the caches hold (see Generation.prefill)
 
     def tensor(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, fill: float = 0) -> torch.Tensor:
         """The state tensor stored under ``key``, allocated (filled with ``fill``) on first use."""

@@ -107,3 +107,16 @@ def test_streamer_receives_prompt_then_every_token(pair):
     assert streamer.chunks[0] == ids[0].tolist()
     assert sum(streamer.chunks[1:], []) == out.sequences[0, 7:].tolist()
     assert streamer.ended
+
+
+def test_repeated_prompts_reuse_the_prefilled_cache(pair):
+    _, target, draft = pair
+    prompts = random_prompts([21, 9], seed=41)
+    ids, mask = left_padded(prompts)
+    model = dustin.compile(target, draft, gamma=3, backend="eager")
+    first = model.generate(ids, mask, max_new_tokens=10, eos_token_id=[])
+    again = model.generate(ids, mask, max_new_tokens=10, eos_token_id=[])
+    other = model.generate(*left_padded(random_prompts([21, 9], seed=42)), max_new_tokens=4, eos_token_id=[])
+    assert first.stats.prefill_passes == 1 and again.stats.prefill_passes == 0 and other.stats.prefill_passes == 1
+    assert torch.equal(first.sequences, again.sequences)
+    assert torch.equal(again.sequences, hf_greedy(target, ids, mask, 10, eos_token_id=[]))

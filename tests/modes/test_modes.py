@@ -78,3 +78,13 @@ def test_sparse_small_budget_runs_and_reports(pair, expected):
     assert out.sequences.shape == reference.shape
     assert model.report.count("sparse") == 1 and model.report.count("dense (dense_layers)") == 1
     assert out.stats.new_tokens == [20, 20, 20]
+
+
+@pytest.mark.parametrize("mode", ["dense", "exact"])
+def test_target_alone_through_the_same_graphs(pair, expected, mode):
+    """use_draft=False: the autoregressive baselines (dense, and sparse made exact) still equal target greedy."""
+    ids, mask, reference = expected
+    model = dustin.compile(*pair, mode=mode, exact_every=5, **SMALL)
+    out = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[], use_draft=False)
+    assert torch.equal(out.sequences, reference)
+    assert out.stats.draft_passes == 0 and out.stats.tau <= 1.0
