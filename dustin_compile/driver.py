@@ -85,6 +85,26 @@ class Generation:
             self.stats.prefill_passes += 1
         self.ws.prefilled = key
 
+    def decode_roles(self) -> list[tuple[str, int]]:
+        """Every (role, rows) graph this call's decoding may run."""
+        cfg = self.cfg
+        roles = [("draft_1", 1), ("draft_2", 2)] if self.gamma else []
+        roles.append(("verify", self.verify_rows))
+        if cfg.mode == "guarded":
+            roles.append(("verify_dense", self.verify_rows))
+        if cfg.mode == "exact":
+            roles.append(("check", self.exact.rows))
+        if cfg.mode != "dense" and cfg.selector == "oracle":
+            roles.append(("verify_oracle", self.verify_rows))
+        return roles
+
+    def warm_up(self) -> None:
+        """Capture/compile every decode graph now (not inside a timed decode). Each runs once at positions from the
+        pending token on, which decoding rewrites before reading: the prefilled cache stays valid."""
+        for role, rows in self.decode_roles():
+            pos = self.positions(self.n - 1, rows)
+            self.forward(role, self.seq.gather(1, pos.clamp_max(self.seq.shape[1] - 1)), pos)
+
     def draft(self):
         """γ draft tokens per row ``[B, γ]`` and, when sampling, their distributions ``[B, γ, V]``."""
         if not self.gamma:

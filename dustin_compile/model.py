@@ -165,6 +165,20 @@ class DustinModel:
         out.sequences = _hf_sequences(input_ids, gen, args.pad_token_id)
         return out
 
+    def warmup(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+               max_new_tokens: int = 1, use_draft: bool = True) -> None:
+        """Prefill ``input_ids`` and capture/compile every decode graph for this batch shape now, so that the next
+        ``generate`` on these prompts (same ``max_new_tokens`` sizing) spends no time compiling or prefilling."""
+        prompts = prompts_from(input_ids, attention_mask)
+        ws = self._workspace(len(prompts), self._needed(max(len(p) for p in prompts), max_new_tokens))
+        with torch.no_grad():
+            from .sampling import Sampling
+
+            gen = Generation(self, ws, [p.to(self.device) for p in prompts], max_new_tokens, Sampling(), [],
+                             None, use_draft=use_draft)
+            gen.prefill()
+            gen.warm_up()
+
     def _needed(self, longest: int, max_new_tokens: int) -> int:
         """Cache positions one call needs: text + the widest forward past it (verify, or exact mode's check)."""
         cfg = self.config

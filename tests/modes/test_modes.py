@@ -88,3 +88,14 @@ def test_target_alone_through_the_same_graphs(pair, expected, mode):
     out = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[], use_draft=False)
     assert torch.equal(out.sequences, reference)
     assert out.stats.draft_passes == 0 and out.stats.tau <= 1.0
+
+
+def test_warmup_compiles_every_decode_graph_and_keeps_the_cache(pair, expected):
+    ids, mask, reference = expected
+    model = dustin.compile(*pair, mode="exact", exact_every=5, **SMALL)
+    model.warmup(ids, mask, max_new_tokens=20)
+    compiled = set(model.reports)
+    assert {"prefill_target", "prefill_draft", "draft_1", "draft_2", "verify", "check"} <= compiled
+    out = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[])
+    assert set(model.reports) == compiled and out.stats.prefill_passes == 0
+    assert torch.equal(out.sequences, reference)
