@@ -99,3 +99,22 @@ def test_warmup_compiles_every_decode_graph_and_keeps_the_cache(pair, expected):
     out = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[])
     assert set(model.reports) == compiled and out.stats.prefill_passes == 0
     assert torch.equal(out.sequences, reference)
+
+
+def test_draft_window_attention(pair, expected):
+    """draft_kv='window': the draft attends to sink + recent positions (its score taps still read the full cache);
+    exact mode keeps the output equal to the target's."""
+    ids, mask, reference = expected
+    model = dustin.compile(*pair, mode="exact", draft_kv="window", draft_window=8, exact_every=5, **SMALL)
+    out = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[])
+    assert torch.equal(out.sequences, reference)
+    draft_report = model.reports["draft_1"]
+    assert draft_report.count("window") == 1 and draft_report.count("score tap") == 1
+
+
+def test_window_indices():
+    from dustin.driver import window_indices
+
+    out = torch.empty(3, 2 + 4, dtype=torch.long)
+    window_indices(torch.tensor([3, 6, 20]), n_sink=2, window=4, out=out)
+    assert out.tolist() == [[0, 1, 2, -1, -1, -1], [0, 1, 2, 3, 4, 5], [0, 1, 16, 17, 18, 19]]
