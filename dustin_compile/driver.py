@@ -90,7 +90,7 @@ class Generation:
         cfg = self.cfg
         roles = [("draft_1", 1), ("draft_2", 2)] if self.gamma else []
         roles.append(("verify", self.verify_rows))
-        if cfg.mode == "guarded":
+        if cfg.mode != "dense":
             roles.append(("verify_dense", self.verify_rows))
         if cfg.mode == "exact":
             roles.append(("check", self.exact.rows))
@@ -187,7 +187,7 @@ class Generation:
         count = self.commit(n_accepted, tokens)
         if self.exact is not None:
             with self.clock("verify"):
-                self.exact.after_commit(self, start, count, logits)
+                self.exact.after_commit(self, start, count, logits, role)
 
     def stream(self) -> int:
         """Hand row 0's newly final tokens to the streamer; returns how many new tokens are final overall."""

@@ -33,8 +33,11 @@ class ExactChecker:
                          if gen.sampling.do_sample else None)
         gen.stats.rolled_back = 0
 
-    def after_commit(self, gen, start: torch.Tensor, count: torch.Tensor, logits: torch.Tensor) -> None:
-        if self.p_sparse is not None:
+    def after_commit(self, gen, start: torch.Tensor, count: torch.Tensor, logits: torch.Tensor, role: str) -> None:
+        if role == "verify_dense":
+            # A dense verification from an all-final prefix is itself exact: its tokens are final at once.
+            self.final = torch.where(self.final == start, gen.n, self.final)
+        elif self.p_sparse is not None:
             self._store(gen, start, count, logits)
         provisional = gen.n - self.final
         due = (provisional >= self.every) | (~gen.active & (provisional > 0))

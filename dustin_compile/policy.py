@@ -68,6 +68,10 @@ class SparsePolicy:
     def before_verify(self, gen) -> str:
         from dustin.kernels import select_tokens
 
+        if self.q_star is None:
+            # The first verification of a call is dense: nothing estimates a selection yet, and its query tap
+            # seeds the history signal (in exact mode its tokens are final at once).
+            return "verify_dense"
         cfg, seq_lens = self.cfg, gen.n - 1
         draft, hist = SELECTOR_SCORES[cfg.selector](self, gen)
         if not gen.gamma:
@@ -75,22 +79,18 @@ class SparsePolicy:
         indices = select_tokens(draft, hist, seq_lens, budget=cfg.budget, n_sink=cfg.n_sink, window=cfg.window,
                                 m=self.m.m if draft is not None and hist is not None else 0)
         self.ws.tensor(("indices",), indices.shape, indices.dtype).copy_(indices)
-        recovery = None
-        if self.q_star is not None and (cfg.mode == "guarded" or hist is not None):
-            recovery = estimated_recovery(self.history_scores(gen), indices, seq_lens)[gen.active]
-            gen.stats.recovery.append(float(recovery.mean()))
+        recovery = estimated_recovery(self.history_scores(gen), indices, seq_lens)[gen.active]
+        gen.stats.recovery.append(float(recovery.mean()))
         if cfg.mode == "guarded" and self._needs_dense(recovery):
             return "verify_dense"
         return "verify"
 
-    def _needs_dense(self, recovery: torch.Tensor | None) -> bool:
+    def _needs_dense(self, recovery: torch.Tensor) -> bool:
         """Guarded mode: estimated recovery (history mass inside the selection) below ``min_recovery``, or the
         refresh interval reached."""
         cfg = self.cfg
         if cfg.refresh_every and self.iterations_since_dense + 1 >= cfg.refresh_every:
             return True
-        if recovery is None:
-            return cfg.min_recovery > 0  # nothing to estimate from yet: be safe
         return bool((recovery < cfg.min_recovery).any())
 
     def after_verify(self, gen, n_accepted: torch.Tensor, role: str) -> None:

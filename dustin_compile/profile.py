@@ -73,13 +73,15 @@ class DustinProfile:
 
 
 def default_profile(target: torch.nn.Module, draft: torch.nn.Module, warn: bool = True) -> DustinProfile:
-    """Without calibration: a middle target layer with all its heads, the draft's last three layers with all their
-    heads, half the free budget to the draft signal, no dense layers."""
+    """Without calibration: a middle target layer with (up to 4 of) the query heads of its first KV group (the
+    estimation reads one group's keys), the draft's last three layers with all their heads, half the free budget
+    to the draft signal, no dense layers."""
     if warn:
         warnings.warn("dustin: no calibration profile; using the default score heads (dustin.calibrate gives better "
                       "selections)", stacklevel=3)
     t_layers, d_layers = target.config.num_hidden_layers, draft.config.num_hidden_layers
-    t_heads, d_heads = head_geometry(target)[0], head_geometry(draft)[0]
+    t_q, t_kv, _ = head_geometry(target)
+    d_heads = head_geometry(draft)[0]
     draft_layers = tuple((layer, tuple(range(d_heads))) for layer in range(max(0, d_layers - 3), d_layers))
     return DustinProfile(config_hash(target), config_hash(draft), history_layer=t_layers // 2,
-                         history_heads=tuple(range(t_heads)), draft_layers=draft_layers)
+                         history_heads=tuple(range(min(4, t_q // t_kv))), draft_layers=draft_layers)

@@ -14,8 +14,8 @@ S, T_LAYERS, T_HEADS, D_LAYERS, D_HEADS = 200, 4, 6, 3, 5
 
 
 def _planted(seed: int) -> WindowRecord:
-    """Truth concentrated on a random set of positions. Only target layer 2 heads {1, 4} and draft layer 1 head 3
-    see it (their score = truth + noise); every other head scores noise. Layer 3's truth is diffuse (worst)."""
+    """Truth concentrated on a random set of positions. Only target layer 2 heads {1, 2} (KV group 0 of heads
+    {0, 1, 2}) and draft layer 1 head 3 see it (their score = truth + noise); every other head scores noise. Layer 3's truth is diffuse (worst)."""
     g = torch.Generator().manual_seed(seed)
     hot = torch.randperm(S - 20, generator=g)[:30] + 4
     peak = torch.full((S,), 1e-3)
@@ -28,7 +28,7 @@ def _planted(seed: int) -> WindowRecord:
         return torch.rand(*shape, 1, S, generator=g) * peak.max()
 
     hist, draft = noise(T_LAYERS, T_HEADS), noise(D_LAYERS, D_HEADS)
-    hist[2, [1, 4]] = peak + 0.1 * noise(2)
+    hist[2, [1, 2]] = peak + 0.1 * noise(2)
     draft[1, 3] = peak + 0.1 * noise(1)[0]
     return WindowRecord(torch.tensor([S]), truth, hist, draft)
 
@@ -36,8 +36,8 @@ def _planted(seed: int) -> WindowRecord:
 def test_choose_finds_the_planted_heads_and_keeps_the_worst_layer_dense():
     records = [_planted(seed) for seed in range(4)]
     choice = choose(records, T_LAYERS, D_LAYERS, budget=48, n_sink=2, window=6, history_heads=2, draft_layers=2,
-                    draft_heads=1, max_dense_layers=1, worst_weight=0.5)
-    assert choice["history_layer"] == 2 and choice["history_heads"] == (1, 4)
+                    draft_heads=1, max_dense_layers=1, worst_weight=0.5, group_size=3)
+    assert choice["history_layer"] == 2 and choice["history_heads"] == (1, 2)
     assert choice["draft_layers"][0] == (1, (3,))
     assert choice["dense_layers"] == (3,)
     recovery = choice["recovery"]
@@ -56,7 +56,8 @@ def profile(pair):
 
 
 def test_calibrated_profile_is_well_formed(pair, profile):
-    assert 0 <= profile.history_layer < 3 and len(profile.history_heads) == 4
+    assert 0 <= profile.history_layer < 3 and len(profile.history_heads) == 2  # one KV group of 4 q / 2 kv heads
+    assert len({h // 2 for h in profile.history_heads}) == 1
     assert 1 <= len(profile.draft_layers) <= 2 and all(0 <= layer < 2 for layer, _ in profile.draft_layers)
     assert profile.m_fraction in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert len(profile.dense_layers) == 2 and len(profile.recovery) == 3

@@ -45,23 +45,24 @@ def test_query_and_score_taps_match_eager_hooks(family):
     prompt = torch.tensor([random_prompts([30], seed=4)[0]])
     model = dustin.compile(target, draft, profile=profile, mode="sparse", budget=64, n_sink=2, window=4,
                            gamma=GAMMA, backend="eager")
-    model.generate(prompt, max_new_tokens=1, eos_token_id=[])  # one iteration: γ drafts, one verification
-    drafted = hf_greedy(target, prompt, None, GAMMA, eos_token_id=[])[:, 30:]
-    full = torch.cat([prompt, drafted], 1)  # positions 0 .. 29 + γ
+    # Two iterations, every draft accepted: the first verification is dense (it seeds q*), the second sparse.
+    model.generate(prompt, max_new_tokens=2 * (GAMMA + 1), eos_token_id=[])
+    greedy = hf_greedy(target, prompt, None, 2 * GAMMA + 1, eos_token_id=[])
+    start = 29 + GAMMA + 1  # the second verification's rows sit at positions start .. start + γ
 
-    # Query tap: the verify graph's layer-LAYER queries of its γ+1 rows (positions 29 .. 29+γ).
-    q_eager, _ = _eager_qk(target, full, LAYER)
+    # Query tap: the sparse verify graph's layer-LAYER queries of its γ+1 rows.
+    q_eager, _ = _eager_qk(target, greedy, LAYER)
     recorded = model.state("verify", GAMMA + 1)["query_record"][0]
-    torch.testing.assert_close(recorded, q_eager[:, :, 29:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recorded, q_eager[:, :, start:], atol=1e-5, rtol=1e-5)
 
-    # Score tap: the draft's lookahead = Σ over its γ query rows (positions 29 .. 28+γ) and `heads` of the softmax
-    # over the history positions < 29, recomputed here in float64.
-    q_d, k_d = _eager_qk(draft, full[:, :-1], DRAFT_LAYER)
+    # Score tap: the draft's lookahead = Σ over its γ query rows (positions start .. start+γ-1) and `heads` of the
+    # softmax over the history positions < start, recomputed here in float64.
+    q_d, k_d = _eager_qk(draft, greedy[:, :-1], DRAFT_LAYER)
     group = q_d.shape[1] // k_d.shape[1]
-    expected = torch.zeros(30 + GAMMA, dtype=torch.float64)
+    expected = torch.zeros(start + GAMMA, dtype=torch.float64)
     for h in heads:
-        logits = q_d[0, h, 29:].double() @ k_d[0, h // group, :29].double().T / q_d.shape[-1] ** 0.5
-        expected[:29] += logits.softmax(-1).sum(0)
-    lookahead = model.state("draft_1", 1)["lookahead"][0, : 30 + GAMMA]
+        logits = q_d[0, h, start:].double() @ k_d[0, h // group, :start].double().T / q_d.shape[-1] ** 0.5
+        expected[:start] += logits.softmax(-1).sum(0)
+    lookahead = model.state("draft_1", 1)["lookahead"][0, : start + GAMMA]
     torch.testing.assert_close(lookahead.double(), expected, atol=1e-5, rtol=1e-4)
     assert model.reports["draft_1"].count("score tap") == 1 and model.report.count("query tap") == 1
