@@ -5,7 +5,8 @@
 Arms (EVAL.md): ``ar`` (target alone, dense, the best dense path), ``sparse-ar`` (target alone, sparse attention
 with history scores), ``dense`` (classic speculative decoding), ``sparse`` (Dustin), ``exact``, ``guarded``,
 ``sparse:<selector>`` (a selector baseline at the same budget), ``hf-ar`` / ``hf-assisted`` (transformers' own
-generate, stock SDPA; their time includes prefill, reported separately). Every dustin arm shares one prefill (the
+generate, stock SDPA; their time includes prefill, reported separately). Append ``+window`` to an arm to give its
+draft a sink + recent KV window (``draft_kv="window"``). Every dustin arm shares one prefill (the
 caches are copied), compiles outside the timed call, and reports decode tokens/s with prefill excluded, tau, passes,
 the time split, and agreement with the ``dense`` arm's greedy tokens. Prints a table, writes CSV and a PNG plot.
 """
@@ -40,7 +41,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=512)
     p.add_argument("--n-sink", type=int, default=4)
     p.add_argument("--window", type=int, default=64)
-    p.add_argument("--exact-every", type=int, default=32)
+    p.add_argument("--exact-every", type=int, default=8)
     p.add_argument("--min-recovery", type=float, default=0.9)
     p.add_argument("--draft-kv", default="full", choices=("full", "window"))
     p.add_argument("--arms", default="ar,sparse-ar,dense,sparse,exact,guarded")
@@ -61,9 +62,12 @@ def load(args):
 
 
 def arm_config(arm: str, args) -> tuple[dict, bool]:
-    """(DustinConfig overrides, use_draft) for a dustin arm."""
+    """(DustinConfig overrides, use_draft) for a dustin arm; a ``+window`` suffix gives the draft a KV window."""
+    draft_kv = args.draft_kv
+    if arm.endswith("+window"):
+        arm, draft_kv = arm.removesuffix("+window"), "window"
     common = dict(gamma=args.gamma, budget=args.budget, n_sink=args.n_sink, window=args.window,
-                  backend=args.backend, exact_every=args.exact_every, draft_kv=args.draft_kv)
+                  backend=args.backend, exact_every=args.exact_every, draft_kv=draft_kv)
     if arm == "ar":
         return dict(common, mode="dense"), False
     if arm == "sparse-ar":

@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming it")
     _add_config_args(gen)
+    cal = sub.add_parser("calibrate", help="calibrate a selection profile for a checkpoint pair (JSON)")
+    cal.add_argument("--target", required=True)
+    cal.add_argument("--draft", required=True)
+    cal.add_argument("--text-file", nargs="+", required=True, help="long text files to calibrate on")
+    cal.add_argument("--out", required=True, help="where to write the profile JSON")
+    cal.add_argument("--context", type=int, default=4096)
+    cal.add_argument("--windows", type=int, default=8)
+    cal.add_argument("--budget", type=int, default=DustinConfig.budget)
+    cal.add_argument("--gamma", type=int, default=4)
+    cal.add_argument("--dtype", choices=tuple(DTYPES), default="auto")
     demo = sub.add_parser("demo", help="dense vs sparse on small models built from configs (no downloads)")
     demo.add_argument("--context", type=int, default=1024, help="prompt length in tokens")
     demo.add_argument("--max-new-tokens", type=int, default=64)
@@ -101,10 +111,31 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_calibrate(args: argparse.Namespace) -> int:
+    import dustin
+
+    target, tokenizer = _load(args.target, DTYPES[args.dtype], "target")
+    draft, _ = _load(args.draft, DTYPES[args.dtype], "draft")
+    texts = []
+    for path in args.text_file:
+        with open(path, encoding="utf-8") as f:
+            texts.append(f.read())
+    profile = dustin.calibrate(target, draft, texts, tokenizer=tokenizer, budget=args.budget, gamma=args.gamma,
+                               context=args.context, windows=args.windows)
+    profile.save(args.out)
+    print(f"wrote {args.out}: history layer {profile.history_layer} heads {list(profile.history_heads)}, draft "
+          f"layers {[layer for layer, _ in profile.draft_layers]}, m {profile.m_fraction:.2f} of the free budget, "
+          f"dense layers {list(profile.dense_layers)}, objective {profile.objective}")
+    print("recovery per target layer: " + " ".join(f"{r:.2f}" for r in profile.recovery))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
+    if args.command == "calibrate":
+        return run_calibrate(args)
     from .demo import run_demo
 
     return run_demo(args)

@@ -20,7 +20,7 @@ class DustinConfig:
     mode: ``"dense"`` — classic speculative decoding, full-KV verification (lossless control); ``"sparse"`` —
         Dustin: every target layer attends to ``budget`` selected cached positions plus the new tokens (lossy);
         ``"guarded"`` — sparse, but a dense verification whenever the estimated recovery of the selection falls
-        below ``min_recovery`` and at least every ``refresh_every`` iterations; ``"exact"`` — lossless: tokens
+        below ``min_recovery`` and at least every ``refresh_every`` iterations (0 = no periodic refresh); ``"exact"`` — lossless: tokens
         accepted by sparse verification are provisional until one dense pass over every ``exact_every`` of them
         keeps the agreeing prefix (output == the target's own greedy decoding / sampling distribution).
     gamma: draft tokens per iteration (the target verifies gamma + 1 rows).
@@ -58,9 +58,9 @@ class DustinConfig:
     dense_layers: tuple[int, ...] = field(default=())
     draft_kv: str = "full"
     draft_window: int = 512
-    min_recovery: float = 0.0
-    refresh_every: int = 0
-    exact_every: int = 32
+    min_recovery: float = 0.9
+    refresh_every: int = 16
+    exact_every: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -123,6 +123,11 @@ class DustinModel:
         """The pass report of every graph captured so far, by role (latest shape)."""
         return {key[0]: g.report for key, g in self._graphs.items() if g.report is not None}
 
+    def rewritten_graph(self, role: str = "verify"):
+        """The latest rewritten ``torch.fx.GraphModule`` of ``role`` (``None`` before it is captured)."""
+        graphs = [g for key, g in self._graphs.items() if key[0] == role and g.backend.graph_modules]
+        return graphs[-1].backend.graph_modules[-1] if graphs else None
+
     @property
     def report(self) -> PassReport | None:
         """The target verification graph's pass report (``None`` before the first ``generate``)."""

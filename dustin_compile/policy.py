@@ -78,6 +78,8 @@ class SparsePolicy:
             draft = None  # no draft ran: no lookahead signal
         indices = select_tokens(draft, hist, seq_lens, budget=cfg.budget, n_sink=cfg.n_sink, window=cfg.window,
                                 m=self.m.m if draft is not None and hist is not None else 0)
+        # Finished rows keep their batch slot (static shapes) but read no cached keys: an empty selection.
+        indices.masked_fill_(~gen.active[:, None], -1)
         self.ws.tensor(("indices",), indices.shape, indices.dtype).copy_(indices)
         recovery = estimated_recovery(self.history_scores(gen), indices, seq_lens)[gen.active]
         gen.stats.recovery.append(float(recovery.mean()))

@@ -72,12 +72,14 @@ class DustinBackend:
         self.plan, self.state_source, self.name = plan, state_source, name
         self.inductor, self.strict = inductor, strict
         self.reports: list[PassReport] = []
+        self.graph_modules: list[fx.GraphModule] = []  # the rewritten graphs, for inspection
 
     def __call__(self, gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
         names = self.plan.state_names()
         state = self.state_source()
         gm = copy_graph_module(gm)  # dynamo still reads the graph it handed us: rewrite a copy
         self.reports.append(run_passes(gm, self.plan, state, self.name, self.strict))
+        self.graph_modules.append(gm)
         compiled: Callable = gm
         if self.inductor:
             from torch._inductor import config as inductor_config

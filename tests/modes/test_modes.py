@@ -57,7 +57,7 @@ def test_sparse_with_budget_covering_the_context_equals_dense(pair, expected):
 
 def test_guarded_with_full_recovery_required_is_dense(pair, expected):
     ids, mask, reference = expected
-    model = dustin.compile(*pair, mode="guarded", min_recovery=1.0, **SMALL)
+    model = dustin.compile(*pair, mode="guarded", min_recovery=1.0, refresh_every=0, **SMALL)
     out = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[])
     assert torch.equal(out.sequences, reference)
     assert out.stats.sparse_passes == 0 and out.stats.dense_passes == out.stats.target_passes
@@ -65,7 +65,7 @@ def test_guarded_with_full_recovery_required_is_dense(pair, expected):
 
 def test_guarded_refreshes_every_r_iterations(pair, expected):
     ids, mask, _ = expected
-    model = dustin.compile(*pair, mode="guarded", refresh_every=3, **SMALL)
+    model = dustin.compile(*pair, mode="guarded", refresh_every=3, min_recovery=0.0, **SMALL)
     out = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[])
     assert out.stats.dense_passes == 1 + (out.stats.target_passes - 1) // 3  # the first, then every third
     assert out.stats.sparse_passes == out.stats.target_passes - out.stats.dense_passes
@@ -119,3 +119,62 @@ def test_window_indices():
     out = torch.empty(3, 2 + 4, dtype=torch.long)
     window_indices(torch.tensor([3, 6, 20]), n_sink=2, window=4, out=out)
     assert out.tolist() == [[0, 1, 2, -1, -1, -1], [0, 1, 2, 3, 4, 5], [0, 1, 16, 17, 18, 19]]
+
+
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_every_selector_returns_valid_index_sets(pair, expected, selector, monkeypatch):
+    """After every selection: exact size, sorted, unique, -1 only at the end, below each row's length, sink and
+    recent window present."""
+    from dustin.policy import SparsePolicy
+
+    ids, mask, _ = expected
+    seen = []
+    original = SparsePolicy.before_verify
+
+    def checked(self, gen):
+        role = original(self, gen)
+        if role == "verify":
+            seen.append((self.ws.tensor(("indices",), (), torch.long).clone(), (gen.n - 1).clone(), gen.active.clone()))
+        return role
+
+    monkeypatch.setattr(SparsePolicy, "before_verify", checked)
+    cfg = {**SMALL, "budget": 20, "window": 5, "n_sink": 3}
+    dustin.compile(*pair, mode="sparse", selector=selector, **cfg).generate(ids, mask, max_new_tokens=12,
+                                                                           eos_token_id=[])
+    assert seen
+    for indices, lens, active in seen:
+        assert indices.shape == (3, 20)
+        for row, length, alive in zip(indices.tolist(), lens.tolist(), active.tolist()):
+            valid = [i for i in row if i >= 0]
+            if not alive:
+                continue
+            assert row[: len(valid)] == valid == sorted(set(valid)), row  # sorted, unique, padding at the end
+            assert all(0 <= i < length for i in valid)
+            assert len(valid) == min(20, length)
+            assert set(range(3)) | set(range(length - 5, length)) <= set(valid)
+
+
+def test_finished_rows_read_no_cached_keys(pair):
+    """A row that hit eos keeps its batch slot (static shapes) but its selection is emptied: it reads no cache."""
+    from dustin.policy import SparsePolicy
+
+    prompts = random_prompts(PROMPTS, seed=23)
+    ids, mask = left_padded(prompts)
+    model = dustin.compile(*pair, mode="sparse", **SMALL)
+    free = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[]).sequences  # deterministic: rerun below
+    eos = int(free[1, ids.shape[1] + 1])  # row 1 stops after 2 tokens
+    snapshots = []
+    original = SparsePolicy.before_verify
+
+    def spy(self, gen):
+        role = original(self, gen)
+        if role == "verify":
+            snapshots.append((gen.active.clone(), self.ws.tensor(("indices",), (), torch.long).clone()))
+        return role
+
+    import unittest.mock as mock
+
+    with mock.patch.object(SparsePolicy, "before_verify", spy):
+        model.generate(ids, mask, max_new_tokens=16, eos_token_id=eos)
+    finished = [(active, indices) for active, indices in snapshots if not bool(active[1])]
+    assert finished and all(bool((indices[1] == -1).all()) for _, indices in finished)
