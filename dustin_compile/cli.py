@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .config import MODES, DustinConfig
+from .config import DRAFT_KV, MODES, SELECTORS, DustinConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": None}
 
@@ -19,6 +19,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=DustinConfig.budget, help="sparse mode: cached positions per row")
     p.add_argument("--n-sink", type=int, default=DustinConfig.n_sink, help="sparse mode: first positions always kept")
     p.add_argument("--window", type=int, default=DustinConfig.window, help="sparse mode: recent positions always kept")
+    p.add_argument("--selector", choices=SELECTORS, default=DustinConfig.selector,
+                   help="sparse modes: how positions are chosen (default: dustin)")
+    p.add_argument("--draft-kv", choices=DRAFT_KV, default=DustinConfig.draft_kv,
+                   help="the draft's own attention: full cache, or sink + recent window (auto: window in sparse modes)")
     p.add_argument("--backend", choices=("inductor", "eager"), default="inductor",
                    help="compile decode graphs with Inductor, or run the rewritten graphs as they are")
     p.add_argument("--max-length", type=int, default=None, help="KV-cache capacity per row (default: sized per call)")
@@ -42,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming it")
+    gen.add_argument("--profile", help="calibration profile JSON from `python -m dustin calibrate` (sparse modes)")
     _add_config_args(gen)
     cal = sub.add_parser("calibrate", help="calibrate a selection profile for a checkpoint pair (JSON)")
     cal.add_argument("--target", required=True)
@@ -64,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_overrides(args: argparse.Namespace) -> dict:
     return {"mode": args.mode, "gamma": args.gamma, "budget": args.budget, "n_sink": args.n_sink,
-            "window": args.window, "backend": args.backend, "max_length": args.max_length}
+            "window": args.window, "selector": args.selector, "draft_kv": args.draft_kv, "backend": args.backend,
+            "max_length": args.max_length}
 
 
 def _load(path: str, dtype: torch.dtype | None, name: str):
@@ -92,8 +98,10 @@ def run_generate(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     target, tokenizer = _load(args.target, dtype, "target")
     draft, draft_tokenizer = _load(args.draft, dtype, "draft")
+    if args.profile and not os.path.isfile(args.profile):
+        raise SystemExit(f"--profile: {args.profile!r} is not a file (expected a JSON from `python -m dustin calibrate`)")
     model = dustin.compile(target, draft, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer,
-                           **config_overrides(args))
+                           profile=args.profile, **config_overrides(args))
     if args.chat and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)

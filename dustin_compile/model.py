@@ -67,7 +67,7 @@ class DustinModel:
         if role in ("draft_1", "draft_2"):
             taps = prof.draft_layers if cfg.mode != "dense" and cfg.selector in LOOKAHEAD_SELECTORS else ()
             record = tuple(range(self.draft.config.num_hidden_layers)) if self.recording else ()
-            return RewritePlan(attention="dense", score_taps=taps, window_attention=cfg.draft_kv == "window",
+            return RewritePlan(attention="dense", score_taps=taps, window_attention=cfg.draft_attention == "window",
                                query_taps=record)
         if role == "verify":
             if self.recording:

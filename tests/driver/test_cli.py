@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import torch
+from transformers import AutoTokenizer
 
 from helpers import tiny_model, word_tokenizer
 
@@ -46,3 +47,36 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
                   "--prompt", "hi", "--max-new-tokens", "3", cwd=tmp_path)
     assert result.returncode != 0
     assert "is not a directory (expected a local Hugging Face checkpoint)" in result.stderr
+
+
+def test_generate_exact_mode_with_profile(tmp_path):
+    """--mode exact with a profile JSON: lossless, so the text is still the target's greedy continuation."""
+    from dustin.profile import default_profile
+
+    tokenizer = word_tokenizer()
+    target, draft = tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=1, num_hidden_layers=1)
+    t_dir = _save(tmp_path / "target", target, tokenizer)
+    d_dir = _save(tmp_path / "draft", draft, tokenizer)
+    profile = tmp_path / "profile.json"
+    default_profile(target, draft, warn=False).save(str(profile))
+    prompt = "the quick brown fox jumps over the lazy dog and the cat"
+    result = _cli("generate", "--target", t_dir, "--draft", d_dir, "--prompt", prompt, "--max-new-tokens", "10",
+                  "--mode", "exact", "--budget", "8", "--n-sink", "2", "--window", "2", "--profile", str(profile),
+                  "--backend", "eager", "--no-stream", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    tokenizer = AutoTokenizer.from_pretrained(t_dir)  # what the CLI tokenizes with (after a save/load round trip)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = target.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True) in result.stdout
+    assert "no calibration profile" not in result.stderr
+
+
+def test_missing_profile_is_a_clear_error(tmp_path):
+    tokenizer = word_tokenizer()
+    model = tiny_model("qwen2", seed=0)
+    t_dir = _save(tmp_path / "target", model, tokenizer)
+    result = _cli("generate", "--target", t_dir, "--draft", t_dir, "--prompt", "hi", "--max-new-tokens", "3",
+                  "--mode", "sparse", "--profile", str(tmp_path / "none.json"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "--profile" in result.stderr and "is not a file" in result.stderr

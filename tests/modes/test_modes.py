@@ -113,6 +113,18 @@ def test_draft_window_attention(pair, expected):
     assert draft_report.count("window") == 1 and draft_report.count("score tap") == 1
 
 
+@pytest.mark.parametrize("mode, draft_kv, expected_window", [
+    ("dense", "auto", False), ("sparse", "auto", True), ("guarded", "auto", True), ("exact", "auto", True),
+    ("sparse", "full", False), ("dense", "window", True),
+])
+def test_draft_kv_auto_resolves_per_mode(pair, mode, draft_kv, expected_window):
+    """The default ``draft_kv="auto"`` gives the draft a KV window exactly in the sparse modes."""
+    model = dustin.compile(*pair, mode=mode, draft_kv=draft_kv, **SMALL)
+    assert model.config.draft_attention == ("window" if expected_window else "full")
+    assert model.plan("draft_1").window_attention is expected_window
+    assert model.plan("draft_2").window_attention is expected_window
+
+
 def test_window_indices():
     from dustin.driver import window_indices
 
