@@ -42,3 +42,12 @@ def long_prompts(tokenizer, context: int, batch: int) -> list[list[int]]:
             i += 1
         out.append(ids[:context])
     return out
+
+
+if __name__ == "__main__":
+    # ``python benchmarks/texts.py OUT.txt``: the essays as one text file (e.g. for ``python -m dustin calibrate``).
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/texts.py OUT.txt")
+    with open(sys.argv[1], "w", encoding="utf-8") as f:
+        f.write("\n\n".join(essays()))
+    print(f"wrote {sys.argv[1]}")

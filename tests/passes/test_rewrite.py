@@ -84,3 +84,48 @@ def test_plan_keep_leaves_attention_and_reports_it(captured):
     report = run_passes(gm, RewritePlan(attention="keep"), {"seq_lens": args[1][:, 0].clone()}, "verify")
     assert report.rewritten == 0 and report.count("kept") == 3
     assert sum(n.target in SDPA_TARGETS for n in gm.graph.nodes) == 3
+
+
+@pytest.mark.parametrize("budget", [3, 5, 16])
+def test_export_level_rewrite_with_state_as_explicit_inputs(budget):
+    """The pass on a ``torch.export`` graph (aten level): the state tensors become explicit inputs, and the sparse
+    verification equals the stock model run with a mask that hides every unselected committed position."""
+    from dustin.cache import causal_mask
+
+    model = tiny_model("llama")
+    cache = RowCache.for_model(model, B, S)
+    generator = torch.Generator().manual_seed(budget)
+    for layer in cache.layers:  # a committed history worth selecting from
+        layer.keys.copy_(torch.randn(layer.keys.shape, generator=generator))
+        layer.values.copy_(torch.randn(layer.values.shape, generator=generator))
+    step, args = verify_inputs(model, cache)
+    ids, pos, _ = args
+    seq_lens = pos[:, 0].clone()  # 7 committed positions per row
+    indices = torch.full((B, budget), -1, dtype=torch.long)
+    for b in range(B):
+        chosen = torch.randperm(int(seq_lens[b]), generator=generator)[:budget].sort().values
+        indices[b, : len(chosen)] = chosen
+
+    class Verify(torch.nn.Module):
+        def forward(self, input_ids, position_ids, attention_mask):
+            return step(input_ids, position_ids, attention_mask)
+
+    gm = torch.export.export(Verify(), args, strict=False).module()
+    report = run_passes(gm, RewritePlan(attention="sparse"), {"indices": indices, "seq_lens": seq_lens}, "verify")
+    assert report.rewritten == model.config.num_hidden_layers
+    assert not any(n.target in SDPA_TARGETS for n in gm.graph.nodes)
+    state_inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder"][len(args):]
+    assert sorted(state_inputs) == ["dustin_indices", "dustin_seq_lens"]
+    state = {"dustin_indices": indices, "dustin_seq_lens": seq_lens}
+    with torch.no_grad():  # the exported module checks its original signature: run the graph directly
+        out = torch.fx.Interpreter(gm).run(*args, *(state[name] for name in state_inputs))
+
+    visible = causal_mask(pos, S).clone()
+    for b in range(B):
+        hidden = torch.ones(S, dtype=torch.bool)
+        hidden[int(seq_lens[b]):] = False  # the new tokens stay visible (causally)
+        hidden[indices[b][indices[b] >= 0]] = False
+        visible[b, :, :, hidden] = False
+    with torch.no_grad():
+        reference = step(ids, pos, visible)
+    torch.testing.assert_close(out, reference, atol=2e-5, rtol=1e-4)
