@@ -18,6 +18,14 @@ def _save(path, model, tokenizer):
     return str(path)
 
 
+def _saved_pair(tmp_path):
+    """A tiny (target, draft) pair saved as local checkpoints: (tokenizer, target, draft, target_dir, draft_dir)."""
+    tokenizer = word_tokenizer()
+    target, draft = tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=1, num_hidden_layers=1)
+    return (tokenizer, target, draft, _save(tmp_path / "target", target, tokenizer),
+            _save(tmp_path / "draft", draft, tokenizer))
+
+
 def _cli(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     return subprocess.run([sys.executable, "-m", "dustin", *args], capture_output=True, text=True, env=env,
@@ -25,10 +33,7 @@ def _cli(*args, cwd):
 
 
 def test_generate_end_to_end(tmp_path):
-    tokenizer = word_tokenizer()
-    target, draft = tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=1, num_hidden_layers=1)
-    t_dir = _save(tmp_path / "target", target, tokenizer)
-    d_dir = _save(tmp_path / "draft", draft, tokenizer)
+    tokenizer, target, draft, t_dir, d_dir = _saved_pair(tmp_path)
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text("the quick brown fox")
     result = _cli("generate", "--target", t_dir, "--draft", d_dir, "--prompt-file", str(prompt_file),
@@ -53,10 +58,7 @@ def test_generate_exact_mode_with_profile(tmp_path):
     """--mode exact with a profile JSON: lossless, so the text is still the target's greedy continuation."""
     from dustin.profile import default_profile
 
-    tokenizer = word_tokenizer()
-    target, draft = tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=1, num_hidden_layers=1)
-    t_dir = _save(tmp_path / "target", target, tokenizer)
-    d_dir = _save(tmp_path / "draft", draft, tokenizer)
+    tokenizer, target, draft, t_dir, d_dir = _saved_pair(tmp_path)
     profile = tmp_path / "profile.json"
     default_profile(target, draft, warn=False).save(str(profile))
     prompt = "the quick brown fox jumps over the lazy dog and the cat"
