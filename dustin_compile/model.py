@@ -158,7 +158,7 @@ class DustinModel:
         from .generate_args import resolve
 
         args = resolve(self, locals())
-        prompts = prompts_from(input_ids, attention_mask)
+        prompts = prompts_from(input_ids, attention_mask, self.vocab_size)
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"`streamer` supports batch size 1 (as in transformers), got a batch of {len(prompts)}")
         ws = self._workspace(len(prompts), self._needed(max(len(p) for p in prompts), args.max_new_tokens))
@@ -174,7 +174,7 @@ class DustinModel:
                max_new_tokens: int = 1, use_draft: bool = True) -> None:
         """Prefill ``input_ids`` and capture/compile every decode graph for this batch shape now, so that the next
         ``generate`` on these prompts (same ``max_new_tokens`` sizing) spends no time compiling or prefilling."""
-        prompts = prompts_from(input_ids, attention_mask)
+        prompts = prompts_from(input_ids, attention_mask, self.vocab_size)
         ws = self._workspace(len(prompts), self._needed(max(len(p) for p in prompts), max_new_tokens))
         with torch.no_grad():
             from .sampling import Sampling

@@ -102,6 +102,14 @@ def test_bad_input_ids(model, ids, match):
         model.generate(ids, max_new_tokens=4)
 
 
+@pytest.mark.parametrize("bad", [128, -1])
+def test_token_ids_outside_the_vocabulary(model, bad):
+    ids = torch.tensor([[5, 9, 11], [4, bad, 6]])
+    with pytest.raises(ValueError, match=rf"`input_ids` row 1 holds token id {bad} outside the target's vocabulary "
+                                         r"\[0, 128\): encode the prompt with the pair's tokenizer"):
+        model.generate(ids, max_new_tokens=4)
+
+
 def test_empty_prompt_in_a_batch(model):
     ids = torch.ones(2, 4, dtype=torch.long)
     mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])

@@ -120,3 +120,17 @@ def test_repeated_prompts_reuse_the_prefilled_cache(pair):
     assert first.stats.prefill_passes == 1 and again.stats.prefill_passes == 0 and other.stats.prefill_passes == 1
     assert torch.equal(first.sequences, again.sequences)
     assert torch.equal(again.sequences, hf_greedy(target, ids, mask, 10, eos_token_id=[]))
+
+
+def test_draft_with_a_smaller_vocabulary(pair):
+    """A target table padded past the draft's (e.g. Qwen2.5-7B vs its 0.5B draft): target ids the draft has no row
+    for must not break the draft's graphs, and the output stays the target's."""
+    family, target, _ = pair
+    draft = tiny_model(family, seed=1, num_hidden_layers=1, vocab_size=64)
+    prompts = random_prompts([9, 14], vocab=64, seed=12)
+    ids, mask = left_padded(prompts)
+    expected = hf_greedy(target, ids, mask, 12, eos_token_id=[])
+    assert int(expected[:, ids.shape[1]:].max()) >= 64  # the target does emit ids beyond the draft's table
+    out = dustin.compile(target, draft, gamma=3, backend="eager").generate(ids, mask, max_new_tokens=12,
+                                                                           eos_token_id=[])
+    assert torch.equal(out.sequences, expected)
