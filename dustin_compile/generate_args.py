@@ -40,6 +40,15 @@ def resolve(model, given: dict) -> GenerateArgs:
         for key, default in _DEFAULTS.items():
             if values[key] == default and getattr(gc, key, None) is not None:
                 values[key] = getattr(gc, key)
+        if values["max_new_tokens"] is None and getattr(gc, "max_length", None) is not None:
+            # transformers' max_length counts the (padded) prompt too.
+            width = given["input_ids"].shape[-1] if isinstance(given.get("input_ids"), torch.Tensor) else 0
+            if gc.max_length <= width:
+                raise ValueError(
+                    f"`generation_config.max_length` ({gc.max_length}) leaves no room after the prompt ({width} "
+                    "tokens): raise it, or set max_new_tokens"
+                )
+            values["max_new_tokens"] = gc.max_length - width
     max_new = values["max_new_tokens"]
     if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
         raise ValueError(f"`max_new_tokens` must be an integer >= 1, got {max_new!r}")

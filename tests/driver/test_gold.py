@@ -87,6 +87,21 @@ def test_generation_config_and_model_eos(pair):
     assert torch.equal(out.sequences, expected)
 
 
+def test_generation_config_max_length_counts_the_prompt(pair):
+    """transformers' max_length includes the (padded) prompt width, as in ``target.generate``."""
+    _, target, draft = pair
+    ids, mask = left_padded(random_prompts([4, 9], seed=7))
+    config = GenerationConfig(max_length=ids.shape[1] + 6, do_sample=False)
+    with torch.no_grad():
+        expected = target.generate(ids, attention_mask=mask, generation_config=config, pad_token_id=0,
+                                   eos_token_id=None)
+    model = dustin.compile(target, draft, gamma=2, backend="eager")
+    out = model.generate(ids, mask, generation_config=config, pad_token_id=0, eos_token_id=[])
+    assert out.sequences.shape[1] == ids.shape[1] + 6 and torch.equal(out.sequences, expected)
+    with pytest.raises(ValueError, match=r"`generation_config.max_length` \(9\) leaves no room after the prompt"):
+        model.generate(ids, mask, generation_config=GenerationConfig(max_length=9))
+
+
 def test_streamer_receives_prompt_then_every_token(pair):
     _, target, draft = pair
 
