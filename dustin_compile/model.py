@@ -151,7 +151,8 @@ class DustinModel:
         ``sequences`` (prompt + new tokens, padded like ``generate``) and ``stats``.
 
         ``eos_token_id=None`` uses the target's ``generation_config``; pass ``[]`` for none. Knobs left at their
-        defaults are taken from ``generation_config`` when one is given. ``progress=True`` shows progress bars.
+        defaults are taken from ``generation_config`` when one is given (its ``max_length``, prompt included as in
+        transformers, stands in for a missing ``max_new_tokens``). ``progress=True`` shows progress bars.
         ``use_draft=False`` decodes with the target alone (one token per pass) through the same compiled graphs
         and, in sparse modes, the same selection (history signal only): the autoregressive baselines.
         """
