@@ -44,11 +44,6 @@ class Generation:
         self.policy = model.make_policy(ws)
         self.exact = ExactChecker(self) if self.cfg.mode == "exact" else None
         self.streamed = int(self.prompt_lens[0])
-        # A target whose embedding table is padded past the shared tokenizer (Qwen2.5-7B: 152064 rows, its 0.5B
-        # draft: 151936) may still emit an id the draft has no row for; the draft then reads its last id instead.
-        # Only its guesses suffer (the target verifies every token), and its graph never indexes out of range.
-        draft_vocab = model.draft.get_output_embeddings().weight.shape[0]
-        self.draft_id_max = draft_vocab - 1 if draft_vocab < model.vocab_size else None
 
     # ---- forward helpers --------------------------------------------------------------------------------------
     def forward(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -60,11 +55,8 @@ class Generation:
             window_indices(pos[:, 0], self.cfg.n_sink, self.cfg.draft_window, out=state["window_indices"])
         return self.m.graph(role, rows)(ids, pos)
 
-    def draft_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids if self.draft_id_max is None else ids.clamp_max(self.draft_id_max)
-
     def _draft_logits(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        logits = self.forward(role, self.draft_ids(ids), pos)[:, -1].float()
+        logits = self.forward(role, ids, pos)[:, -1].float()
         self.policy.after_draft(self, role, ids.shape[1])
         pad = self.m.vocab_size - logits.shape[-1]
         if pad > 0:  # the target's table is padded past the shared tokenizer: the draft never proposes those ids
@@ -89,7 +81,7 @@ class Generation:
             pos = self.positions(torch.full((batch,), start, device=self.seq.device), rows)
             ids = self.seq[:, start : start + rows]
             self.forward("prefill_target", ids, pos)
-            self.forward("prefill_draft", self.draft_ids(ids), pos)
+            self.forward("prefill_draft", ids, pos)
             self.stats.prefill_passes += 1
         self.ws.prefilled = key
 
@@ -111,8 +103,7 @@ class Generation:
         pending token on, which decoding rewrites before reading: the prefilled cache stays valid."""
         for role, rows in self.decode_roles():
             pos = self.positions(self.n - 1, rows)
-            ids = self.seq.gather(1, pos.clamp_max(self.seq.shape[1] - 1))
-            self.forward(role, self.draft_ids(ids) if role.startswith("draft") else ids, pos)
+            self.forward(role, self.seq.gather(1, pos.clamp_max(self.seq.shape[1] - 1)), pos)
 
     def draft(self):
         """γ draft tokens per row ``[B, γ]`` and, when sampling, their distributions ``[B, γ, V]``."""

@@ -112,9 +112,14 @@ class DustinModel:
             model = self.target if is_target else self.draft
             get_cache = (lambda: self._ws.target_cache) if is_target else (lambda: self._ws.draft_cache)
             inductor = self.config.backend == "inductor" and not role.startswith(("prefill", "observe"))
+            # A target whose table is padded past the shared tokenizer (Qwen2.5-7B: 152064 rows, its 0.5B draft:
+            # 151936) may still emit an id the draft has no row for: the draft reads its last id instead. Only its
+            # guesses suffer (the target verifies every token), and its graph never indexes out of range.
+            draft_vocab = vocab_size(self.draft)
+            id_max = draft_vocab - 1 if not is_target and draft_vocab < self.vocab_size else None
             self._graphs[key] = StepGraph(
                 model, role, self.plan(role), get_cache, lambda: self.state(role, rows),
-                inductor=inductor, strict=self.config.strict, logits=not role.startswith("prefill"),
+                inductor=inductor, strict=self.config.strict, logits=not role.startswith("prefill"), id_max=id_max,
             )
         return self._graphs[key]
 

@@ -51,14 +51,16 @@ class StepGraph:
 
     def __init__(self, model: torch.nn.Module, role: str, plan: RewritePlan, get_cache: Callable[[], RowCache],
                  get_state: Callable[[], dict[str, torch.Tensor]], *, inductor: bool, strict: bool,
-                 logits: bool = True) -> None:
-        self.role, self.plan, self.get_cache = role, plan, get_cache
+                 logits: bool = True, id_max: int | None = None) -> None:
+        self.role, self.plan, self.get_cache, self.id_max = role, plan, get_cache, id_max
         self.backend = DustinBackend(plan, get_state, name=role, inductor=inductor, strict=strict)
         fn = _own_code(_make_forward(model, get_cache, logits), f"{role}_{uuid.uuid4().hex[:8]}")
         self.compiled = torch.compile(fn, backend=self.backend, fullgraph=True, dynamic=False)
 
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         mask = causal_mask(position_ids, self.get_cache().capacity)
+        if self.id_max is not None:
+            input_ids = input_ids.clamp_max(self.id_max)
         return self.compiled(input_ids, position_ids, mask)
 
     @property

@@ -89,6 +89,19 @@ def check_pair(target: object, draft: object, tokenizer=None, draft_tokenizer=No
 def prompts_from(input_ids: object, attention_mask: object, vocab: int | None = None) -> list[torch.Tensor]:
     """The real tokens of each row (left padding removed). Raises on malformed input, and on token ids outside
     ``[0, vocab)`` (they would index past the embedding table inside a compiled graph)."""
+    prompts = _strip_left_padding(input_ids, attention_mask)
+    if vocab is not None:
+        for b, row in enumerate(prompts):
+            bad = (row < 0) | (row >= vocab)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"`input_ids` row {b} holds token id {int(row[bad][0])} outside the target's vocabulary "
+                    f"[0, {vocab}): encode the prompt with the pair's tokenizer"
+                )
+    return prompts
+
+
+def _strip_left_padding(input_ids: object, attention_mask: object) -> list[torch.Tensor]:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(
             f"`input_ids` must be an integer torch.Tensor [batch, length] (e.g. tokenizer(..., return_tensors='pt')"
@@ -102,9 +115,7 @@ def prompts_from(input_ids: object, attention_mask: object, vocab: int | None = 
     if input_ids.shape[1] == 0:
         raise ValueError("`input_ids` is empty: every prompt needs at least one token (e.g. the BOS token)")
     if attention_mask is None:
-        prompts = [row.long() for row in input_ids]
-        _check_token_range(prompts, vocab)
-        return prompts
+        return [row.long() for row in input_ids]
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
         got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
         raise ValueError(f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {got}")
@@ -121,18 +132,4 @@ def prompts_from(input_ids: object, attention_mask: object, vocab: int | None = 
                 "(tokenizer.padding_side = 'left'), as transformers' generate does for decoder-only models"
             )
         prompts.append(input_ids[b, first:].long())
-    _check_token_range(prompts, vocab)
     return prompts
-
-
-def _check_token_range(prompts: list[torch.Tensor], vocab: int | None) -> None:
-    if vocab is None:
-        return
-    for b, row in enumerate(prompts):
-        bad = (row < 0) | (row >= vocab)
-        if bool(bad.any()):
-            j = int(bad.long().argmax())
-            raise ValueError(
-                f"`input_ids` row {b} holds token id {int(row[j])} outside the target's vocabulary [0, {vocab}): "
-                "encode the prompt with the pair's tokenizer"
-            )
