@@ -2,12 +2,12 @@
 
     python benchmarks/e2e.py --context 4096 --batch 1 --new-tokens 64
 
-Arms (EVAL.md): ``ar`` (target alone, dense, the best dense path), ``sparse-ar`` (target alone, sparse attention
+Arms: ``ar`` (target alone, dense, the best dense path), ``sparse-ar`` (target alone, sparse attention
 with history scores), ``dense`` (classic speculative decoding), ``sparse`` (Dustin), ``exact``, ``guarded``,
 ``sparse:<selector>`` (a selector baseline at the same budget), ``hf-ar`` / ``hf-assisted`` (transformers' own
 generate, stock SDPA; their time includes prefill, reported separately). Append ``+window`` to an arm to give its
-draft a sink + recent KV window (``draft_kv="window"``). Every dustin arm shares one prefill (the
-caches are copied), compiles outside the timed calls, and reports the median decode tokens/s of ``--repeats`` runs
+draft a sink + recent KV window (``draft_kv="window"``). Every dustin arm shares one prefill
+(``DustinModel.with_config``), compiles outside the timed calls, and reports the median decode tokens/s of ``--repeats`` runs
 (prefill excluded; the min-max is in the note), tau, passes,
 the time split, and agreement with the ``dense`` arm's greedy tokens. Prints a table, writes CSV and a PNG plot.
 """
@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
+from dustin.flags import add_config_arguments, config_overrides  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
 REAL_PAIR = os.path.expanduser("~/.cache/dustin-real-pair")
@@ -39,19 +40,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per arm after warm-up; the median is reported")
-    p.add_argument("--gamma", type=int, default=4)
-    p.add_argument("--budget", type=int, default=512)
-    p.add_argument("--n-sink", type=int, default=4)
-    p.add_argument("--window", type=int, default=64)
-    p.add_argument("--exact-every", type=int, default=8)
-    p.add_argument("--min-recovery", type=float, default=0.9)
-    p.add_argument("--draft-kv", default="full", choices=("full", "window"))
     p.add_argument("--arms", default="ar,sparse-ar,dense,sparse,exact,guarded")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    p.add_argument("--backend", default="eager", choices=("eager", "inductor"))
     p.add_argument("--profile", default=None, help="calibration profile JSON (default: the documented default)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    return p.parse_args()
+    add_config_arguments(p, ("gamma", "budget", "n_sink", "window", "exact_every", "min_recovery", "draft_kv",
+                             "backend", "draft_window", "m", "dense_layers"))
+    args = p.parse_args()
+    args.config = dustin.DustinConfig(**config_overrides(args))  # DustinConfig's defaults for what is not given
+    return args
 
 
 def load(args):
@@ -63,39 +60,24 @@ def load(args):
     return target.eval(), draft.eval(), AutoTokenizer.from_pretrained(args.target)
 
 
-def arm_config(arm: str, args) -> tuple[dict, bool]:
+def arm_config(arm: str) -> tuple[dict, bool]:
     """(DustinConfig overrides, use_draft) for a dustin arm; a ``+window`` suffix gives the draft a KV window."""
-    draft_kv = args.draft_kv
+    overrides = {}
     if arm.endswith("+window"):
-        arm, draft_kv = arm.removesuffix("+window"), "window"
-    common = dict(gamma=args.gamma, budget=args.budget, n_sink=args.n_sink, window=args.window,
-                  backend=args.backend, exact_every=args.exact_every, draft_kv=draft_kv)
+        arm, overrides["draft_kv"] = arm.removesuffix("+window"), "window"
     if arm == "ar":
-        return dict(common, mode="dense"), False
+        return dict(overrides, mode="dense"), False
     if arm == "sparse-ar":
-        return dict(common, mode="sparse", selector="history"), False
+        return dict(overrides, mode="sparse", selector="history"), False
     if arm.startswith("sparse:"):
-        return dict(common, mode="sparse", selector=arm.split(":", 1)[1]), True
-    if arm == "guarded":
-        return dict(common, mode="guarded", min_recovery=args.min_recovery), True
-    return dict(common, mode=arm), True
+        return dict(overrides, mode="sparse", selector=arm.split(":", 1)[1]), True
+    return dict(overrides, mode=arm), True
 
 
-def share_prefill(src: dustin.DustinModel, dst: dustin.DustinModel, batch: int, max_length: int) -> None:
-    """Give ``dst`` a copy of ``src``'s prefilled caches (same models, same capacity): one prefill for all arms."""
-    ws = dst._workspace(batch, max_length)
-    for mine, theirs in ((ws.target_cache, src._ws.target_cache), (ws.draft_cache, src._ws.draft_cache)):
-        for a, b in zip(mine.layers, theirs.layers):
-            a.keys.copy_(b.keys)
-            a.values.copy_(b.values)
-    ws.prefilled = src._ws.prefilled
-
-
-def run_dustin(arm, args, target, draft, ids, max_length, first, profile):
-    overrides, use_draft = arm_config(arm, args)
-    model = dustin.compile(target, draft, profile=profile, max_length=max_length, **overrides)
-    if first is not None:
-        share_prefill(first, model, ids.shape[0], max_length)
+def run_dustin(arm, args, first, ids):
+    """One arm on ``first``'s caches (``with_config``: the prompts are prefilled once, by the first arm)."""
+    overrides, use_draft = arm_config(arm)
+    model = first.with_config(**overrides)
     start = time.perf_counter()
     model.warmup(ids, max_new_tokens=args.new_tokens, use_draft=use_draft)  # prefill (first arm) + compiles
     warm_s = time.perf_counter() - start
@@ -133,9 +115,12 @@ def main() -> int:
     for context in args.context:
         for batch in args.batch:
             ids = torch.tensor(long_prompts(tokenizer, context, batch))
-            margin = args.gamma + 1 + args.exact_every + args.gamma
+            cfg = args.config
+            margin = cfg.gamma + 1 + cfg.exact_every + cfg.gamma
             max_length = -(-(context + args.new_tokens + margin) // 256) * 256
-            first, reference = None, None
+            # Every arm is a sibling of this one: one set of caches, one prefill.
+            first = dustin.compile(target, draft, cfg.replace(max_length=max_length), profile=profile)
+            reference = None
             for arm in args.arms.split(","):
                 print(f"[{context} x {batch}] {arm} ...", file=sys.stderr, flush=True)
                 if arm.startswith("hf-"):
@@ -147,8 +132,7 @@ def main() -> int:
                                      draft_s="", select_s="", verify_s="", other_s="", agree=_agree(seqs, reference, context),
                                      recovery="", note=f"stock SDPA; {total:.1f}s incl. {prefill:.1f}s prefill"))
                     continue
-                model, out, prefill_s, spread = run_dustin(arm, args, target, draft, ids, max_length, first, profile)
-                first = first or model
+                model, out, prefill_s, spread = run_dustin(arm, args, first, ids)
                 if arm == "dense":
                     reference = out.sequences
                 s = out.stats
@@ -185,7 +169,8 @@ def _format(rows) -> str:
 def report(rows, args) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    print(f"\n# e2e: {machine}; {args.dtype}; gamma {args.gamma}; budget {args.budget}; backend {args.backend}")
+    cfg = args.config
+    print(f"\n# e2e: {machine}; {args.dtype}; gamma {cfg.gamma}; budget {cfg.budget}; backend {cfg.backend}")
     print(_format(rows))
     path = os.path.join(args.out, f"e2e-{stamp}.csv")
     with open(path, "w", newline="") as f:
@@ -210,7 +195,7 @@ def report(rows, args) -> None:
         ax.bar([i + g * width for i in range(len(arms))], values, width, label=f"{context} tok x {batch}")
     ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(arms))], arms, rotation=30)
     ax.set_ylabel("decode tokens/s (prefill excluded)")
-    ax.set_title(f"dustin e2e ({args.dtype}, gamma {args.gamma}, budget {args.budget}; {machine})", fontsize=8)
+    ax.set_title(f"dustin e2e ({args.dtype}, gamma {cfg.gamma}, budget {cfg.budget}; {machine})", fontsize=8)
     ax.legend()
     fig.tight_layout()
     png = os.path.join(args.out, f"e2e-{stamp}.png")

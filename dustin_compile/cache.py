@@ -1,6 +1,6 @@
 """A static KV cache with **per-row positions**, behind transformers' ``Cache`` interface.
 
-Design (DESIGN.md §5, the second option): row b's token i lives at cache position i, whatever the other rows do.
+Design (docs/design.md, "Ragged batches"): row b's token i lives at cache position i, whatever the other rows do.
 Each forward writes its T new tokens at the explicit per-row positions the driver passes (``write_pos [B, T]``, the
 same tensor as ``position_ids``), so ragged acceptance needs no holes and rollback is resetting a length on the host:
 positions past a row's committed length are garbage that is never attended and is overwritten before it is. The
@@ -14,6 +14,15 @@ from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+def head_geometry(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(query heads, KV heads, head dim) from a HF config."""
+    cfg = model.config
+    q_heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or q_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // q_heads
+    return q_heads, kv_heads, head_dim
 
 
 class RowCacheLayer(CacheLayerMixin):
@@ -81,14 +90,35 @@ class RowCache(Cache):
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch: int, capacity: int) -> RowCache:
-        cfg = model.config
-        q_heads = cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or q_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // q_heads
+        _, kv_heads, head_dim = head_geometry(model)
         param = next(model.parameters())
-        return cls(cfg.num_hidden_layers, batch, kv_heads, head_dim, capacity, param.dtype, param.device)
+        return cls(model.config.num_hidden_layers, batch, kv_heads, head_dim, capacity, param.dtype, param.device)
 
 
 def causal_mask(write_pos: torch.Tensor, capacity: int) -> torch.Tensor:
     """The 4D bool mask ``[B, 1, T, S]`` matching the cache contract: row t of b reads positions ``<= write_pos[b, t]``."""
     return (torch.arange(capacity, device=write_pos.device) <= write_pos[:, :, None]).unsqueeze(1)
+
+
+def window_indices(seq_lens: torch.Tensor, n_sink: int, window: int, out: torch.Tensor) -> torch.Tensor:
+    """The draft's own KV window: positions ``[0, n_sink)`` and ``[L - window, L)`` of each row (L = seq_lens),
+    ascending, -1 padded (all of ``[0, L)`` when L <= n_sink + window)."""
+    width = n_sink + window
+    slots = torch.arange(width, device=seq_lens.device)
+    lens = seq_lens[:, None]
+    # Short rows: slot j is position j. Long rows: sinks, then the recent window.
+    long_pos = torch.where(slots < n_sink, slots, lens - window + (slots - n_sink))
+    pos = torch.where(lens <= width, slots.expand_as(long_pos), long_pos)
+    return out.copy_(torch.where(pos < lens, pos, -1))
+
+
+def prefill_chunks(total: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, rows) pieces covering positions [0, total). The last piece is rounded up to a power of two (≥ 16),
+    so prompts of any length reuse a handful of compiled shapes; the padded rows write past the prompt."""
+    pieces, start = [], 0
+    while start < total:
+        left = total - start
+        rows = chunk if left >= chunk else min(chunk, max(16, 1 << (left - 1).bit_length()))
+        pieces.append((start, rows))
+        start += rows
+    return pieces

@@ -17,23 +17,33 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from dustin.kernels import select_tokens
+
+from .cache import head_geometry
+from .config import DustinConfig
 from .profile import DustinProfile, config_hash
 from .recording import record_windows
-from .workspace import head_geometry
 
 M_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def calibrate(target: torch.nn.Module, draft: torch.nn.Module, texts, *, tokenizer=None, budget: int = 512,
-              gamma: int = 4, context: int = 4096, windows: int = 8, n_sink: int = 4, window: int = 64,
-              history_heads: int = 4, draft_layers: int = 3, draft_heads: int = 4, max_dense_layers: int = 2,
-              worst_weight: float = 0.5, progress: bool = True) -> DustinProfile:
+def calibrate(target: torch.nn.Module, draft: torch.nn.Module, texts, config: DustinConfig | None = None, *,
+              tokenizer=None, context: int = 4096, windows: int = 8, history_heads: int = 4, draft_layers: int = 3,
+              draft_heads: int = 4, max_dense_layers: int = 2, worst_weight: float = 0.5, progress: bool = True,
+              **overrides) -> DustinProfile:
     """Calibrate a ``DustinProfile`` for (target, draft) on ``texts`` (strings with ``tokenizer``, or token-id
-    lists/tensors), each cut to ``context`` tokens, recording ``windows`` verification windows per text."""
+    lists/tensors), each cut to ``context`` tokens, recording ``windows`` verification windows per text.
+
+    The selection is calibrated for ``config``'s ``budget``, ``gamma``, ``n_sink`` and ``window`` (``config``, or
+    the default ``DustinConfig`` with ``overrides``: ``calibrate(t, d, texts, budget=1024)``), the configuration the
+    profile is then used with; the profile records its budget and warns when used at another.
+    """
+    config = (config or DustinConfig()).replace(**overrides)
+    budget, n_sink, window = config.budget, config.n_sink, config.window
     if budget <= n_sink + window:
         raise ValueError(f"calibrate: budget ({budget}) must exceed n_sink + window ({n_sink + window})")
     prompts = _prompts(texts, tokenizer, context)
-    records = record_windows(target, draft, prompts, gamma=gamma, windows=windows, progress=progress)
+    records = record_windows(target, draft, prompts, gamma=config.gamma, windows=windows, progress=progress)
     q_heads, kv_heads, _ = head_geometry(target)
     choice = choose(records, target.config.num_hidden_layers, draft.config.num_hidden_layers, budget=budget,
                     group_size=q_heads // kv_heads,
@@ -124,8 +134,6 @@ class _Scorer:
         return sorted(heads, key=lambda h: -value[h])
 
     def select(self, draft=None, hist=None, m: int = 0) -> list[torch.Tensor]:
-        from dustin.kernels import select_tokens
-
         out = []
         for rec in self.records:
             d = sum(rec.signal(*s) for s in draft) if draft else None

@@ -8,24 +8,10 @@ import sys
 
 import torch
 
-from .config import DRAFT_KV, MODES, SELECTORS, DustinConfig
+from .config import DustinConfig
+from .flags import add_config_arguments, config_overrides
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": None}
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=MODES, default="dense", help="verification mode (default: dense)")
-    p.add_argument("--gamma", type=int, default=4, help="draft tokens per iteration (default: 4)")
-    p.add_argument("--budget", type=int, default=DustinConfig.budget, help="sparse mode: cached positions per row")
-    p.add_argument("--n-sink", type=int, default=DustinConfig.n_sink, help="sparse mode: first positions always kept")
-    p.add_argument("--window", type=int, default=DustinConfig.window, help="sparse mode: recent positions always kept")
-    p.add_argument("--selector", choices=SELECTORS, default=DustinConfig.selector,
-                   help="sparse modes: how positions are chosen (default: dustin)")
-    p.add_argument("--draft-kv", choices=DRAFT_KV, default=DustinConfig.draft_kv,
-                   help="the draft's own attention: full cache, or sink + recent window (auto: window in sparse modes)")
-    p.add_argument("--backend", choices=("inductor", "eager"), default="inductor",
-                   help="compile decode graphs with Inductor, or run the rewritten graphs as they are")
-    p.add_argument("--max-length", type=int, default=None, help="KV-cache capacity per row (default: sized per call)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,30 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming it")
     gen.add_argument("--profile", help="calibration profile JSON from `python -m dustin calibrate` (sparse modes)")
-    _add_config_args(gen)
+    add_config_arguments(gen)
     cal = sub.add_parser("calibrate", help="calibrate a selection profile for a checkpoint pair (JSON)")
     cal.add_argument("--target", required=True)
     cal.add_argument("--draft", required=True)
     cal.add_argument("--text-file", nargs="+", required=True, help="long text files to calibrate on")
     cal.add_argument("--out", required=True, help="where to write the profile JSON")
-    cal.add_argument("--context", type=int, default=4096)
-    cal.add_argument("--windows", type=int, default=8)
-    cal.add_argument("--budget", type=int, default=DustinConfig.budget)
-    cal.add_argument("--gamma", type=int, default=4)
+    cal.add_argument("--context", type=int, default=4096, help="tokens of each text to calibrate on")
+    cal.add_argument("--windows", type=int, default=8, help="verification windows recorded per text")
     cal.add_argument("--dtype", choices=tuple(DTYPES), default="auto")
+    add_config_arguments(cal, ("gamma", "budget", "n_sink", "window"))
     demo = sub.add_parser("demo", help="dense vs sparse on small models built from configs (no downloads)")
     demo.add_argument("--context", type=int, default=1024, help="prompt length in tokens")
     demo.add_argument("--max-new-tokens", type=int, default=64)
     demo.add_argument("--batch", type=int, default=2)
-    _add_config_args(demo)
-    demo.set_defaults(budget=128)
+    add_config_arguments(demo)
+    demo.set_defaults(budget=128)  # the demo's context is 1k: a budget of 1/8 of it
     return parser
-
-
-def config_overrides(args: argparse.Namespace) -> dict:
-    return {"mode": args.mode, "gamma": args.gamma, "budget": args.budget, "n_sink": args.n_sink,
-            "window": args.window, "selector": args.selector, "draft_kv": args.draft_kv, "backend": args.backend,
-            "max_length": args.max_length}
 
 
 def _load(path: str, dtype: torch.dtype | None, name: str):
@@ -85,8 +64,9 @@ def _load(path: str, dtype: torch.dtype | None, name: str):
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import dustin
     from transformers import TextStreamer
+
+    from .model import compile as compile_pair
 
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:
@@ -100,7 +80,7 @@ def run_generate(args: argparse.Namespace) -> int:
     draft, draft_tokenizer = _load(args.draft, dtype, "draft")
     if args.profile and not os.path.isfile(args.profile):
         raise SystemExit(f"--profile: {args.profile!r} is not a file (expected a JSON from `python -m dustin calibrate`)")
-    model = dustin.compile(target, draft, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer,
+    model = compile_pair(target, draft, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer,
                            profile=args.profile, **config_overrides(args))
     if args.chat and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -108,7 +88,8 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         text = prompt
     input_ids = tokenizer(text, return_tensors="pt").input_ids
-    print(f"prompt: {input_ids.shape[1]} tokens; mode={args.mode}, gamma={args.gamma}", file=sys.stderr)
+    print(f"prompt: {input_ids.shape[1]} tokens; mode={model.config.mode}, gamma={model.config.gamma}",
+          file=sys.stderr)
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True)
     out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, streamer=streamer,
@@ -120,7 +101,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    import dustin
+    from .calibrate import calibrate
 
     target, tokenizer = _load(args.target, DTYPES[args.dtype], "target")
     draft, _ = _load(args.draft, DTYPES[args.dtype], "draft")
@@ -128,7 +109,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     for path in args.text_file:
         with open(path, encoding="utf-8") as f:
             texts.append(f.read())
-    profile = dustin.calibrate(target, draft, texts, tokenizer=tokenizer, budget=args.budget, gamma=args.gamma,
+    profile = calibrate(target, draft, texts, DustinConfig(**config_overrides(args)), tokenizer=tokenizer,
                                context=args.context, windows=args.windows)
     profile.save(args.out)
     print(f"wrote {args.out}: history layer {profile.history_layer} heads {list(profile.history_heads)}, draft "
@@ -146,4 +127,4 @@ def main(argv: list[str] | None = None) -> int:
         return run_calibrate(args)
     from .demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, config_overrides(args))

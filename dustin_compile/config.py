@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -13,16 +14,22 @@ SELECTORS = ("dustin", "history", "draft", "streaming", "snapkv", "quest", "orac
 DRAFT_KV = ("auto", "full", "window")
 
 
+def _field(default: Any, help: str, choices: tuple[str, ...] | None = None):
+    """A config field with its one-line help and its choices: ``dustin.cli`` builds its flags from these."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class DustinConfig:
-    """How dustin runs a (target, draft) pair.
+    """How dustin runs a (target, draft) pair. Every default lives here; the CLI builds its flags from these fields.
 
     mode: ``"dense"`` — classic speculative decoding, full-KV verification (lossless control); ``"sparse"`` —
         Dustin: every target layer attends to ``budget`` selected cached positions plus the new tokens (lossy);
         ``"guarded"`` — sparse, but a dense verification whenever the estimated recovery of the selection falls
-        below ``min_recovery`` and at least every ``refresh_every`` iterations (0 = no periodic refresh); ``"exact"`` — lossless: tokens
-        accepted by sparse verification are provisional until one dense pass over every ``exact_every`` of them
-        keeps the agreeing prefix (output == the target's own greedy decoding / sampling distribution).
+        below ``min_recovery`` and at least every ``refresh_every`` iterations (0 = no periodic refresh);
+        ``"exact"`` — lossless: tokens accepted by sparse verification are provisional until one dense pass over
+        every ``exact_every`` of them keeps the agreeing prefix (output == the target's own greedy decoding /
+        sampling distribution).
     gamma: draft tokens per iteration (the target verifies gamma + 1 rows).
     max_length: KV-cache capacity per sequence (prompt + new tokens + gamma + 1). ``None`` sizes it per ``generate``
         call (rounded up to a multiple of 256). A fixed value avoids recompiles across calls.
@@ -43,28 +50,29 @@ class DustinConfig:
         ``draft_window`` positions (its score heads still read the full cache for the lookahead signal; identical to
         ``"full"`` while a row holds at most ``n_sink + draft_window`` positions); ``"auto"`` (default) — ``"window"``
         in the sparse modes, where the draft's dense attention becomes the bottleneck once verification is sparse,
-        and ``"full"`` in ``dense`` mode (measured on the real pair at 16k: sparse 1.58 -> 2.71 tok/s with the
-        window, dense 2.56 -> 2.31; see the README).
+        and ``"full"`` in ``dense`` mode, where the window costs acceptance (the README has the measurements).
     """
 
-    mode: str = "dense"
-    gamma: int = 4
-    max_length: int | None = None
-    dtype: torch.dtype | None = None
-    backend: str = "inductor"
-    prefill_chunk: int = 512
-    strict: bool = True
-    budget: int = 512
-    n_sink: int = 4
-    window: int = 64
-    m: int | None = None
-    selector: str = "dustin"
-    dense_layers: tuple[int, ...] = field(default=())
-    draft_kv: str = "auto"
-    draft_window: int = 512
-    min_recovery: float = 0.9
-    refresh_every: int = 16
-    exact_every: int = 8
+    mode: str = _field("dense", "verification mode", choices=MODES)
+    gamma: int = _field(4, "draft tokens per iteration (the target verifies gamma + 1 rows)")
+    max_length: int | None = _field(None, "KV-cache capacity per sequence (default: sized per generate call)")
+    dtype: torch.dtype | None = _field(None, "cast both models to this dtype (default: keep theirs)")
+    backend: str = _field("inductor", "compile decode graphs with Inductor, or run the rewritten graphs as they are",
+                          choices=BACKENDS)
+    prefill_chunk: int = _field(512, "prompt tokens per prefill pass")
+    strict: bool = _field(True, "raise if a captured graph has attention that cannot be rewritten")
+    budget: int = _field(512, "sparse modes: cached positions each sequence attends to")
+    n_sink: int = _field(4, "sparse modes: first positions always kept")
+    window: int = _field(64, "sparse modes: most recent positions always kept")
+    m: int | None = _field(None, "sparse modes: positions chosen by the draft's lookahead (default: the profile's share)")
+    selector: str = _field("dustin", "sparse modes: how positions are chosen", choices=SELECTORS)
+    dense_layers: tuple[int, ...] = _field((), "target layers kept dense in sparse verification (default: the profile's)")
+    draft_kv: str = _field("auto", "the draft's own attention: full cache, or sink + recent window (auto: window in "
+                           "the sparse modes)", choices=DRAFT_KV)
+    draft_window: int = _field(512, "recent positions the draft attends to with draft_kv=window")
+    min_recovery: float = _field(0.9, "guarded mode: verify densely when the estimated recovery falls below this")
+    refresh_every: int = _field(16, "guarded mode: verify densely at least every this many iterations (0 = never)")
+    exact_every: int = _field(8, "exact mode: provisional tokens per dense check")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

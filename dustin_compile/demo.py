@@ -33,9 +33,9 @@ def demo_pair(seed: int = 0):
     return target, draft
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    import dustin
-    from dustin.cli import config_overrides
+def run_demo(args: argparse.Namespace, overrides: dict) -> int:
+    """The demo for the CLI's parsed ``args`` (context, batch, new tokens) and ``DustinConfig`` ``overrides``."""
+    from .model import compile as compile_pair
 
     print("dustin demo: small random Llama models built from configs (no downloads, says nothing about accuracy)")
     target, draft = demo_pair()
@@ -46,14 +46,15 @@ def run_demo(args: argparse.Namespace) -> int:
         reference = target.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=None,
                                     pad_token_id=0)
         hf_seconds = time.perf_counter() - start
+    base = compile_pair(target, draft, **overrides)
     print(f"target: {DEMO_CONFIG['num_hidden_layers']} layers, draft: {draft.config.num_hidden_layers} layers; "
-          f"batch {args.batch}, context {args.context}, {args.max_new_tokens} new tokens, gamma {args.gamma}")
+          f"batch {args.batch}, context {args.context}, {args.max_new_tokens} new tokens, gamma {base.config.gamma}")
     rows = [("HF generate (target only, incl. prefill)", args.max_new_tokens * args.batch / hf_seconds,
              float("nan"), 1.0)]
-    arms = [("dense", False), ("dense", True), ("sparse", True), ("exact", True)] if args.mode == "dense" \
-        else [(args.mode, True)]
+    arms = [("dense", False), ("dense", True), ("sparse", True), ("exact", True)] if base.config.mode == "dense" \
+        else [(base.config.mode, True)]
     for mode, use_draft in arms:
-        model = dustin.compile(target, draft, **{**config_overrides(args), "mode": mode})
+        model = base.with_config(mode=mode)  # shares the prefilled caches
         model.warmup(prompt, max_new_tokens=args.max_new_tokens, use_draft=use_draft)  # prefill + capture, untimed
         out = model.generate(prompt, max_new_tokens=args.max_new_tokens, eos_token_id=[], use_draft=use_draft)
         same = (out.sequences == reference).float().mean().item()

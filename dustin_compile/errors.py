@@ -1,6 +1,14 @@
-"""Errors a user can act on: each names the argument, what was expected, what came, and the fix."""
+"""Errors a user can act on: each names the argument, what was expected, what came, and the fix.
+
+``PassError`` (a graph pass could not rewrite a captured graph) belongs to ``dustin.passes`` and is re-exported by
+``dustin``; it is a ``RuntimeError``, not a ``DustinError``: the passes sit below this package.
+"""
 
 from __future__ import annotations
+
+from dustin.passes.errors import PassError
+
+__all__ = ["DustinError", "ModelPairError", "PassError", "ProfileError"]
 
 
 class DustinError(Exception):
@@ -9,10 +17,6 @@ class DustinError(Exception):
 
 class ModelPairError(DustinError, ValueError):
     """The target/draft pair cannot be used together (vocabulary, tokenizer, dtype, device, model kind)."""
-
-
-class PassError(DustinError, RuntimeError):
-    """A graph pass could not rewrite or verify a captured graph."""
 
 
 class ProfileError(DustinError, ValueError):

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from dustin.passes import PassReport, RewritePlan
 
+from .cache import prefill_chunks
 from .config import DustinConfig
-from .driver import Generation, prefill_chunks
-from .policy import make_policy
+from .driver import Generation
+from .generate_args import resolve
 from .profile import DustinProfile, default_profile
+from .sampling import Sampling
+from .selectors import LOOKAHEAD_SELECTORS
+from .state import CacheStore, DecodeState
 from .steps import StepGraph
 from .validate import check_pair, prompts_from, vocab_size
-from .workspace import Workspace, head_geometry
 
-TARGET_ROLES = ("prefill_target", "verify", "verify_dense", "verify_oracle", "verify_record", "check", "observe")
-# Selectors whose score needs the draft's lookahead taps / the history query tap.
-LOOKAHEAD_SELECTORS = ("dustin", "draft")
-OBSERVE_ROWS = 16  # SnapKV's observation window: the last prompt positions
+TARGET_ROLES = ("prefill_target", "verify", "verify_dense", "verify_oracle", "check", "observe")
 
 
 def compile(target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig | None = None, *,
@@ -42,35 +44,71 @@ def compile(target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfi
 
 
 class DustinModel:
+    """A validated (target, draft) pair, its configuration, and the step graphs compiled for it.
+
+    ``with_config`` gives a sibling with another configuration that shares this model's KV caches; ``generate``
+    decodes. ``record_queries`` (calibration) taps every layer's queries in the dense decode graphs.
+    """
+
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig,
-                 profile: DustinProfile | None = None) -> None:
+                 profile: DustinProfile | None = None, *, caches: CacheStore | None = None,
+                 record_queries: bool = False) -> None:
         self.target, self.draft, self.config = target.eval(), draft.eval(), config
         self.vocab_size = vocab_size(target)
         self.device = next(target.parameters()).device
         layers = target.config.num_hidden_layers
-        self.profile = profile or default_profile(target, draft, warn=config.mode != "dense")
+        sparse = config.mode != "dense"
+        self.profile = profile or default_profile(target, draft, warn=sparse)
+        if sparse and self.profile.budget is not None and self.profile.budget != config.budget:
+            warnings.warn(f"dustin: the profile was calibrated at budget {self.profile.budget}, but budget is "
+                          f"{config.budget}: its choices may not fit; recalibrate with budget={config.budget}",
+                          stacklevel=3)
         self.dense_layers = frozenset(config.dense_layers or self.profile.dense_layers)
         bad = sorted(i for i in self.dense_layers if i >= layers)
         if bad:
             raise ValueError(f"dense_layers {bad} out of range: the target has {layers} layers (0..{layers - 1})")
         free = config.budget - config.n_sink - config.window
-        self.m = config.m if config.m is not None else int(round(self.profile.m_fraction * free))
-        self.recording = False  # calibration: record every layer's queries
-        self.policy_factory = None  # calibration installs its recorder here
+        # Positions of the selection chosen by the draft's lookahead; the rest of the free budget by history.
+        self.draft_share = config.m if config.m is not None else int(round(self.profile.m_fraction * free))
+        self.record_queries = record_queries
+        self._caches = caches or CacheStore()
+        self._state: DecodeState | None = None
         self._graphs: dict[tuple, StepGraph] = {}
-        self._ws: Workspace | None = None
+        self._plans: dict[str, RewritePlan] = {}
 
-    # ---- plans and state ----------------------------------------------------------------------------------------
+    def with_config(self, config: DustinConfig | None = None, **overrides) -> DustinModel:
+        """The same pair under another configuration (``config``, or this one with ``overrides``), sharing this
+        model's KV caches: a prompt one of them prefilled is not prefilled again by the other. This is how to
+        compare modes on one long prompt::
+
+            dense = dustin.compile(target, draft, mode="dense")
+            exact = dense.with_config(mode="exact")
+            dense.generate(ids, max_new_tokens=64); exact.generate(ids, max_new_tokens=64)  # one prefill
+        """
+        config = (config or self.config).replace(**overrides)
+        dtype = next(self.target.parameters()).dtype
+        if config.dtype is not None and config.dtype != dtype:
+            raise ValueError(f"with_config shares the models, which are {dtype}; it cannot cast them to "
+                             f"{config.dtype}: call dustin.compile(target, draft, dtype={config.dtype}) instead")
+        return DustinModel(self.target, self.draft, config, self.profile, caches=self._caches)
+
+    # ---- plans, graphs and state ------------------------------------------------------------------------------
     def plan(self, role: str) -> RewritePlan:
+        """What the pass makes of the ``role`` step's attention (see docs/design.md, "Roles")."""
+        if role not in self._plans:
+            self._plans[role] = self._make_plan(role)
+        return self._plans[role]
+
+    def _make_plan(self, role: str) -> RewritePlan:
         cfg, prof = self.config, self.profile
         all_target = tuple(range(self.target.config.num_hidden_layers))
         if role in ("draft_1", "draft_2"):
             taps = prof.draft_layers if cfg.mode != "dense" and cfg.selector in LOOKAHEAD_SELECTORS else ()
-            record = tuple(range(self.draft.config.num_hidden_layers)) if self.recording else ()
+            record = tuple(range(self.draft.config.num_hidden_layers)) if self.record_queries else ()
             return RewritePlan(attention="dense", score_taps=taps, window_attention=cfg.draft_attention == "window",
                                query_taps=record)
         if role == "verify":
-            if self.recording:
+            if self.record_queries:
                 return RewritePlan(attention="dense", query_taps=all_target)
             if cfg.mode == "dense":
                 return RewritePlan(attention="dense")
@@ -81,36 +119,17 @@ class DustinModel:
             return RewritePlan(attention="dense", query_taps=all_target)
         return RewritePlan(attention="dense")  # prefill_*, check
 
-    def state(self, role: str, rows: int) -> dict[str, torch.Tensor]:
-        """The workspace tensors the ``role`` step at ``rows`` query rows reads (stable objects, filled in place)."""
-        ws = self._ws
-        return ws.state((role, rows, self.recording), lambda: self._build_state(ws, role, rows))
-
-    def _build_state(self, ws: Workspace, role: str, rows: int) -> dict[str, torch.Tensor]:
-        cfg, plan, batch, long = self.config, self.plan(role), ws.batch, torch.long
-        model = self.target if role in TARGET_ROLES else self.draft
-        q_heads, _, head_dim = head_geometry(model)
-        dtype = next(model.parameters()).dtype
-        shapes = {
-            "seq_lens": ((role, rows, "seq_lens"), (batch,), long, 0),
-            "indices": (("indices",), (batch, cfg.budget), long, -1),
-            "window_indices": (("window_indices",), (batch, cfg.n_sink + cfg.draft_window), long, -1),
-            "query_record": ((role, rows, "query_record", len(plan.query_taps)),
-                             (len(plan.query_taps), batch, q_heads, rows, head_dim), dtype, 0),
-            "lookahead": (("lookahead",), (batch, ws.capacity), torch.float32, 0),
-            "lookahead_seq_lens": (("lookahead_seq_lens",), (batch,), long, 0),
-        }
-        return {name: ws.tensor(*shapes[name]) for name in plan.state_names()}
-
     def graph(self, role: str, rows: int) -> StepGraph:
-        """The compiled step for ``role`` at ``rows`` query rows and the current workspace's shape (one code object
+        """The compiled step for ``role`` at ``rows`` query rows and the current caches' shape (one code object
         per shape: no recompiles, and never a silent fallback to the un-rewritten model)."""
-        ws = self._ws
-        key = (role, rows, ws.batch, ws.capacity, self.recording)
+        caches = self._state.caches
+        key = (role, rows, caches.batch, caches.capacity)
         if key not in self._graphs:
             is_target = role in TARGET_ROLES
             model = self.target if is_target else self.draft
-            get_cache = (lambda: self._ws.target_cache) if is_target else (lambda: self._ws.draft_cache)
+            plan = self.plan(role)
+            names = plan.state_names()
+            get_cache = (lambda: self._state.caches.target) if is_target else (lambda: self._state.caches.draft)
             inductor = self.config.backend == "inductor" and not role.startswith(("prefill", "observe"))
             # A target whose table is padded past the shared tokenizer (Qwen2.5-7B: 152064 rows, its 0.5B draft:
             # 151936) may still emit an id the draft has no row for: the draft reads its last id instead. Only its
@@ -118,10 +137,29 @@ class DustinModel:
             draft_vocab = vocab_size(self.draft)
             id_max = draft_vocab - 1 if not is_target and draft_vocab < self.vocab_size else None
             self._graphs[key] = StepGraph(
-                model, role, self.plan(role), get_cache, lambda: self.state(role, rows),
+                model, role, plan, get_cache,
+                lambda: self._state.inputs(names, self.query_record(role, rows) if plan.query_taps else None),
                 inductor=inductor, strict=self.config.strict, logits=not role.startswith("prefill"), id_max=id_max,
             )
         return self._graphs[key]
+
+    def query_record(self, role: str, rows: int) -> torch.Tensor:
+        """``[taps, B, Hq, rows, D]``: the queries the ``role`` step's query taps copied out on its last run."""
+        model = self.target if role in TARGET_ROLES else self.draft
+        return self._state.query_record(role, rows, len(self.plan(role).query_taps), model)
+
+    def decode_state(self, batch: int, longest: int, max_new_tokens: int) -> DecodeState:
+        """The state for ``batch`` rows whose longest prompt has ``longest`` tokens (caches shared with siblings)."""
+        needed = self._needed(longest, max_new_tokens)
+        caches = self._caches.get(self.target, self.draft, batch, self.config.max_length or _bucket(needed))
+        if self._state is None or self._state.caches is not caches:
+            self._state = DecodeState.build(self.config, caches)
+        return self._state
+
+    @property
+    def state(self) -> DecodeState | None:
+        """The decode state of the latest call (caches, selection, tap buffers); None before the first."""
+        return self._state
 
     @property
     def reports(self) -> dict[str, PassReport]:
@@ -138,14 +176,6 @@ class DustinModel:
         """The target verification graph's pass report (``None`` before the first ``generate``)."""
         return self.reports.get("verify")
 
-    def _workspace(self, batch: int, needed: int) -> Workspace:
-        capacity = self.config.max_length or _bucket(needed)
-        ws = self._ws
-        if ws is None or ws.batch != batch or ws.capacity != capacity:
-            self._ws = None  # free the old caches before allocating new ones
-            ws = self._ws = Workspace(self.target, self.draft, batch, capacity)
-        return ws
-
     # ---- generate ---------------------------------------------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0,
@@ -161,16 +191,14 @@ class DustinModel:
         ``use_draft=False`` decodes with the target alone (one token per pass) through the same compiled graphs
         and, in sparse modes, the same selection (history signal only): the autoregressive baselines.
         """
-        from .generate_args import resolve
-
         args = resolve(self, locals())
         prompts = prompts_from(input_ids, attention_mask, self.vocab_size)
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"`streamer` supports batch size 1 (as in transformers), got a batch of {len(prompts)}")
-        ws = self._workspace(len(prompts), self._needed(max(len(p) for p in prompts), args.max_new_tokens))
+        state = self.decode_state(len(prompts), max(len(p) for p in prompts), args.max_new_tokens)
         prompts = [p.to(self.device) for p in prompts]
         with torch.no_grad():
-            gen = Generation(self, ws, prompts, args.max_new_tokens, args.sampling, args.eos_ids,
+            gen = Generation(self, state, prompts, args.max_new_tokens, args.sampling, args.eos_ids,
                              args.generator, streamer, progress, use_draft)
             out = gen.run()
         out.sequences = _hf_sequences(input_ids, gen, args.pad_token_id)
@@ -181,11 +209,9 @@ class DustinModel:
         """Prefill ``input_ids`` and capture/compile every decode graph for this batch shape now, so that the next
         ``generate`` on these prompts (same ``max_new_tokens`` sizing) spends no time compiling or prefilling."""
         prompts = prompts_from(input_ids, attention_mask, self.vocab_size)
-        ws = self._workspace(len(prompts), self._needed(max(len(p) for p in prompts), max_new_tokens))
+        state = self.decode_state(len(prompts), max(len(p) for p in prompts), max_new_tokens)
         with torch.no_grad():
-            from .sampling import Sampling
-
-            gen = Generation(self, ws, [p.to(self.device) for p in prompts], max_new_tokens, Sampling(), [],
+            gen = Generation(self, state, [p.to(self.device) for p in prompts], max_new_tokens, Sampling(), [],
                              None, use_draft=use_draft)
             gen.prefill()
             gen.warm_up()
@@ -204,9 +230,6 @@ class DustinModel:
                 "max_length or shorten the prompt"
             )
         return needed
-
-    def make_policy(self, ws: Workspace):
-        return make_policy(self, ws)
 
 
 def _bucket(needed: int) -> int:

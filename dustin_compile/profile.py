@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .errors import ProfileError
-from .workspace import head_geometry
+from .cache import head_geometry
 
 PROFILE_VERSION = 1
 # Keys that do not change what a model computes (paths, versions, the dtype it was saved in).

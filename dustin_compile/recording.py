@@ -7,8 +7,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from dustin.kernels import score_heads
+
 from .config import DustinConfig
-from .policy import DensePolicy
+from .driver import Generation
+from .model import DustinModel
+from .profile import default_profile
+from .sampling import Sampling
+from .state import DecodeState
 
 
 @dataclass
@@ -39,52 +45,42 @@ class WindowRecord:
         return (picked * valid).sum(2).mean(1)
 
 
-class _Recorder(DensePolicy):
-    """Dense verification; keeps each iteration's queries (copies of the graphs' query taps)."""
+class QueryRecorder:
+    """Reads the query taps of a recording ``DustinModel`` after each draft step and each verification."""
 
-    def __init__(self, model, ws) -> None:
-        self.m, self.iterations, self.draft_rows = model, [], []
+    def __init__(self, model: DustinModel) -> None:
+        self.model, self.iterations, self.draft_rows = model, [], []
 
-    def begin(self, gen) -> None:
-        self.draft_rows = []
-
-    def after_draft(self, gen, role: str, rows: int) -> None:
-        record = self.m.state(role, rows)["query_record"]  # [Ld, B, Hd, rows, D]
+    def drafted(self, role: str, rows: int) -> None:
+        record = self.model.query_record(role, rows)  # [Ld, B, Hd, rows, D]
         self.draft_rows.append(record[:, :, :, -1:].clone())
 
-    def after_verify(self, gen, n_accepted: torch.Tensor, role: str) -> None:
-        queries = self.m.state(role, self.m.config.gamma + 1)["query_record"].clone()  # [Lt, B, Hq, T, D]
-        self.iterations.append((gen.n - 1, queries, n_accepted.clone(), torch.cat(self.draft_rows, 3)))
+    def verified(self, seq_lens: torch.Tensor, role: str, rows: int, n_accepted: torch.Tensor) -> None:
+        queries = self.model.query_record(role, rows).clone()  # [Lt, B, Hq, T, D]
+        self.iterations.append((seq_lens.clone(), queries, n_accepted.clone(), torch.cat(self.draft_rows, 3)))
+        self.draft_rows = []
 
 
 def record_windows(target, draft, prompts: list[torch.Tensor], *, gamma: int, windows: int,
                    progress: bool = True) -> list[WindowRecord]:
-    from .model import DustinModel
-    from .profile import default_profile
-
+    """Dense speculative decoding of each prompt, recording ``windows`` verification windows of every layer."""
     config = DustinConfig(mode="dense", gamma=gamma, backend="eager")
-    model = DustinModel(target, draft, config, default_profile(target, draft, warn=False))
-    model.recording = True
-    recorders: list[_Recorder] = []
-
-    def factory(m, ws):
-        recorders.append(_Recorder(m, ws))
-        return recorders[-1]
-
-    model.policy_factory = factory
+    model = DustinModel(target, draft, config, default_profile(target, draft, warn=False), record_queries=True)
     out: list[WindowRecord] = []
     for ids in tqdm(prompts, desc="record", unit="text", disable=not progress):
-        model.generate(ids[None], max_new_tokens=(windows + 1) * (gamma + 1), eos_token_id=[])
-        out += _reduce(model, recorders[-1].iterations[: windows + 1])
+        max_new = (windows + 1) * (gamma + 1)
+        state = model.decode_state(1, len(ids), max_new)
+        recorder = QueryRecorder(model)
+        with torch.no_grad():
+            Generation(model, state, [ids.to(model.device)], max_new, Sampling(), [], None, recorder=recorder).run()
+        out += _reduce(state, recorder.iterations[: windows + 1])
     return out
 
 
-def _reduce(model, iterations) -> list[WindowRecord]:
+def _reduce(state: DecodeState, iterations) -> list[WindowRecord]:
     """Turn raw queries into per-window truth and signals, using the final caches (keys never change)."""
-    from dustin.kernels import score_heads
-
-    t_keys = [layer.keys for layer in model._ws.target_cache.layers]
-    d_keys = [layer.keys for layer in model._ws.draft_cache.layers]
+    t_keys = [layer.keys for layer in state.caches.target.layers]
+    d_keys = [layer.keys for layer in state.caches.draft.layers]
     records = []
     for (seq_lens, queries, _, drafts), (prev_lens, prev_queries, prev_acc, _) in zip(iterations[1:], iterations):
         q_heads, rows = queries.shape[2], queries.shape[3]

@@ -1,59 +1,90 @@
-"""Score sources of each selector: ``SELECTOR_SCORES[name](policy, gen) -> (draft_scores, hist_scores)``.
+"""What ranks the cached positions: each selector names the scores it feeds to ``select_tokens``.
 
-All of them feed the same ``select_tokens`` (sink + window + top positions) at the same budget, so they differ only
-in *what* ranks the positions:
+Every selector feeds the same ``select_tokens`` (sink + window + top positions) at the same budget, so they differ
+only in *what* ranks the positions. ``SELECTORS[name](signals) -> (draft_scores, hist_scores)``, each ``[B, S]`` or
+``None``; the score functions below are functions of tensors, and the two that need a forward pass (SnapKV, the
+oracle) are handed one as a callable.
 
 - ``dustin``: the draft's lookahead (score heads over the drafted tokens) and the target's history (``q*``).
 - ``history`` / ``draft``: one of the two.
 - ``streaming``: neither: sink + the most recent positions (StreamingLLM).
-- ``snapkv``: chosen once per call from the attention of the prompt's last 16 positions (SnapKV's observation
-  window; its rows read the whole prompt, a superset of their causal view by at most 16 positions).
-- ``quest``: Quest's page-level upper bound (pages of 16, per-channel min/max of K) for ``q*``, per step.
+- ``snapkv``: chosen once per call from the attention of the prompt's last ``OBSERVE_ROWS`` positions (SnapKV's
+  observation window; its rows read the whole prompt, a superset of their causal view by at most that many).
+- ``quest``: Quest's page-level upper bound (pages of ``PAGE``, per-channel min/max of K) for ``q*``, per step.
 - ``oracle``: the true attention of this iteration's verification queries, every layer, head and row — from a
   dense pass run first (a ceiling, not a method).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-PAGE = 16
+from dustin.kernels import score_heads
+
+PAGE = 16  # Quest's page size
+OBSERVE_ROWS = 16  # SnapKV's observation window: the last prompt positions
+LOOKAHEAD_SELECTORS = ("dustin", "draft")  # selectors that read the draft's lookahead scores
+Scores = torch.Tensor | None
 
 
-def _dustin(policy, gen):
-    return _lookahead(policy), policy.history_scores(gen)
+@dataclass
+class Signals:
+    """What a selector may read in one iteration. The costly signals are callables, computed only when asked
+    (``history`` is memoised by the driver: the selection and the guard's recovery estimate share it)."""
+
+    lookahead: Scores  # [B, S] the draft's score heads over the drafted tokens (None without taps)
+    history: Callable[[], Scores]  # [B, S] the target's history score of q*
+    quest: Callable[[], Scores]  # [B, S] Quest's page bounds for q*
+    prompt_window: Callable[[], Scores]  # [B, S] SnapKV's scores (one observation pass per generate call)
+    verification: Callable[[], Scores]  # [B, S] the oracle: true attention of this iteration's verification rows
 
 
-def _lookahead(policy) -> torch.Tensor:
-    return policy.m.state("draft_1", 1)["lookahead"]
+SELECTORS: dict[str, Callable[[Signals], tuple[Scores, Scores]]] = {
+    "dustin": lambda s: (s.lookahead, s.history()),
+    "history": lambda s: (None, s.history()),
+    "draft": lambda s: (s.lookahead, None),
+    "streaming": lambda s: (None, None),
+    "snapkv": lambda s: (None, s.prompt_window()),
+    "quest": lambda s: (None, s.quest()),
+    "oracle": lambda s: (None, s.verification()),
+}
 
 
-def _history(policy, gen):
-    return None, policy.history_scores(gen)
+def history_scores(q_star: torch.Tensor, keys: torch.Tensor, seq_lens: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """softmax(q* Kᵀ) at the history layer, summed over its score heads, over positions < ``seq_lens``."""
+    return score_heads(q_star, keys, seq_lens, heads)
 
 
-def _draft(policy, gen):
-    return _lookahead(policy), None
+def snapkv_scores(observe: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], seq: torch.Tensor,
+                  prompt_lens: torch.Tensor, keys: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """SnapKV: the attention of the prompt's last ``OBSERVE_ROWS`` positions over the cached prompt.
+
+    ``observe(ids, positions)`` runs the target over those positions and returns their queries ``[B, Hq, R, D]``
+    at the history layer.
+    """
+    last = prompt_lens - 1  # positions < last are cached; observe the rows before it
+    start = (last - OBSERVE_ROWS).clamp_min(0)
+    positions = start[:, None] + torch.arange(OBSERVE_ROWS, device=seq.device)
+    queries = observe(seq.gather(1, positions), positions)
+    return score_heads(queries, keys, last, heads)
 
 
-def _streaming(policy, gen):
-    return None, None
+def oracle_scores(verify_queries: Callable[[], torch.Tensor], keys: list[torch.Tensor],
+                  seq_lens: torch.Tensor) -> torch.Tensor:
+    """The true attention of this iteration's verification rows, summed over every layer, head and row.
 
-
-def _snapkv(policy, gen):
-    from dustin.kernels import score_heads
-
-    if "snapkv" not in policy.memo:
-        from .model import OBSERVE_ROWS
-
-        last = gen.prompt_lens - 1  # positions < last are cached; observe the 16 before it
-        start = (last - OBSERVE_ROWS).clamp_min(0)
-        pos = gen.positions(start, OBSERVE_ROWS)
-        gen.forward("observe", gen.seq.gather(1, pos), pos)
-        queries = policy.m.state("observe", OBSERVE_ROWS)["query_record"][0]
-        keys = policy.ws.target_cache.layers[policy.m.profile.history_layer].keys
-        policy.memo["snapkv"] = score_heads(queries, keys, last, list(policy.m.profile.history_heads))
-    return None, policy.memo["snapkv"]
+    ``verify_queries()`` runs the dense verification pass and returns every layer's queries ``[L, B, Hq, T, D]``.
+    """
+    queries = verify_queries()
+    heads = list(range(queries.shape[2]))
+    total = None
+    for layer_queries, layer_keys in zip(queries, keys):
+        scores = score_heads(layer_queries, layer_keys, seq_lens, heads)
+        total = scores if total is None else total.add_(scores)
+    return total
 
 
 def quest_scores(q: torch.Tensor, keys: torch.Tensor, seq_lens: torch.Tensor, heads: list[int]) -> torch.Tensor:
@@ -79,36 +110,3 @@ def quest_scores(q: torch.Tensor, keys: torch.Tensor, seq_lens: torch.Tensor, he
     per_pos = scores.repeat_interleave(PAGE, dim=1)[:, : min(capacity, pages * PAGE)]
     out[:, : per_pos.shape[1]] = per_pos
     return out.masked_fill(torch.arange(capacity, device=keys.device) >= seq_lens[:, None], 0.0)
-
-
-def _quest(policy, gen):
-    if policy.q_star is None:
-        return None, None
-    keys = policy.ws.target_cache.layers[policy.m.profile.history_layer].keys
-    return None, quest_scores(policy.q_star, keys, gen.n - 1, list(policy.m.profile.history_heads))
-
-
-def _oracle(policy, gen):
-    from dustin.kernels import score_heads
-
-    last = gen.seq.gather(1, (gen.n - 1)[:, None])
-    ids = torch.cat([last, gen.current_draft], 1)
-    gen.forward("verify_oracle", ids, gen.positions(gen.n - 1, ids.shape[1]))
-    queries = policy.m.state("verify_oracle", ids.shape[1])["query_record"]  # [L, B, Hq, T, D]
-    heads = list(range(queries.shape[2]))
-    total = None
-    for layer, q in enumerate(queries):
-        s = score_heads(q, policy.ws.target_cache.layers[layer].keys, gen.n - 1, heads)
-        total = s if total is None else total.add_(s)
-    return None, total
-
-
-SELECTOR_SCORES = {
-    "dustin": _dustin,
-    "history": _history,
-    "draft": _draft,
-    "streaming": _streaming,
-    "snapkv": _snapkv,
-    "quest": _quest,
-    "oracle": _oracle,
-}

@@ -2,8 +2,8 @@
 
 Every step has the same signature ``step(input_ids [B, T], position_ids [B, T], attention_mask [B, 1, T, S])`` and
 is captured by ``torch.compile`` with dustin's backend, which rewrites its attention per a ``RewritePlan``. The
-driver-owned state of a step (``seq_lens``, ``indices``, tap buffers) lives in the current ``Workspace`` and is
-looked up at every call, so one compiled graph serves every workspace of matching shape.
+driver-owned state of a step (``seq_lens``, ``indices``, tap buffers) lives in the current ``DecodeState`` and is
+looked up at every call, so one compiled graph serves every state of matching shape.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _make_forward(model: torch.nn.Module, get_cache: Callable[[], RowCache], log
 
 
 class StepGraph:
-    """One compiled step: a model, the cache it writes, its plan, and its slot of workspace state."""
+    """One compiled step: a model, the cache it writes, its plan, and where its state comes from."""
 
     def __init__(self, model: torch.nn.Module, role: str, plan: RewritePlan, get_cache: Callable[[], RowCache],
                  get_state: Callable[[], dict[str, torch.Tensor]], *, inductor: bool, strict: bool,

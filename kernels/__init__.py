@@ -1,13 +1,21 @@
 """Fused ops of sparse verification: torch reference (the CPU path and the spec) and Triton (CUDA).
 
-Each op lives in ``kernels/<op>/`` (``reference.py``, ``triton.py``, registration as ``torch.library.custom_op
-("dustin::<op>")``). Importing this package registers the ops; it never imports triton (the CUDA kernels are loaded
-on first use).
+One folder per op family, each with ``reference.py`` (pure torch), ``triton.py`` (CUDA, where there is one) and its
+registration as ``torch.library.custom_op("dustin::<op>")`` in ``__init__.py``:
+
+| folder       | op (``torch.ops.dustin.*``)          | public function                     |
+|--------------|--------------------------------------|-------------------------------------|
+| ``sparse``   | ``sparse_attention``                 | ``sparse_attention``                |
+| ``dense``    | ``dense_attention``                  | ``dense_attention``                 |
+| ``scores``   | ``score_heads``, ``score_heads_into``| ``score_heads``, ``score_heads_into``|
+| ``selection``| ``select_tokens``                    | ``select_tokens``                   |
+
+Importing this package registers every op; it never imports triton (the CUDA kernels load on first use).
 """
 
-from .score_heads import score_heads, score_heads_into
-from .select_tokens import select_tokens
-from .sparse_attention import sparse_attention
-from .dense_attention import dense_attention
+from .dense import dense_attention
+from .scores import score_heads, score_heads_into
+from .selection import select_tokens
+from .sparse import sparse_attention
 
 __all__ = ["dense_attention", "score_heads", "score_heads_into", "select_tokens", "sparse_attention"]

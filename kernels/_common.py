@@ -1,7 +1,7 @@
 """Shared helpers of the kernels: reusable workspaces and eager input checks.
 
 Workspaces: the torch references are the CPU production path and run once per layer per verification step, so a
-fresh multi-MB allocation per call costs more than the gather it holds (DESIGN.md §4). ``workspace`` hands out views
+fresh multi-MB allocation per call costs more than the gather it holds. ``workspace`` hands out views
 of one growing buffer per (name, dtype, device). A view is only valid until the next call with the same name: an op
 must never return it (outputs are always fresh tensors) and must not call itself recursively. The cache is per
 process and not thread-safe: two threads running the same op at once would share its workspaces (the driver runs
@@ -10,7 +10,7 @@ one generation loop per process).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -41,6 +41,26 @@ def workspace(name: str, shape: Sequence[int], dtype: torch.dtype, device: torch
         _VIEWS.clear()
     _VIEWS[(name, shape, dtype, device)] = view
     return view
+
+
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def cached_constant(key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The small constant tensor stored under ``key`` (which must name everything it depends on, device included),
+    built on first use. Per-layer ops rebuilt such constants (aranges, masks) on every call, a few microseconds
+    each. Callers must never write to the result."""
+    found = _CONSTANTS.get(key)
+    if found is None:
+        if len(_CONSTANTS) > 256:  # a growing context produces many lengths: keep the cache bounded
+            _CONSTANTS.clear()
+        found = _CONSTANTS[key] = build()
+    return found
+
+
+def cached_arange(n: int, device: torch.device) -> torch.Tensor:
+    """``torch.arange(n, device=device)``, built once per (n, device)."""
+    return cached_constant(("arange", n, torch.device(device)), lambda: torch.arange(n, device=device))
 
 
 def fill_workspaces_(value: float) -> None:

@@ -1,6 +1,7 @@
 """FX graph passes: find the attention of a captured HF causal LM and rewrite it into dustin ops."""
 
 from .backend import DustinBackend, run_passes
+from .errors import PassError
 from .match import AttentionMatch, find_attention
 from .report import PassReport
 from .rewrite import RewritePlan, rewrite_attention
@@ -9,6 +10,7 @@ from .verify import verify_graph
 __all__ = [
     "AttentionMatch",
     "DustinBackend",
+    "PassError",
     "PassReport",
     "RewritePlan",
     "find_attention",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 
-from dustin.errors import PassError
+from .errors import PassError
 
 from .match import find_attention, node_value
 from .report import PassReport

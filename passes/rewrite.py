@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from dustin.kernels import dense_attention as _dense  # noqa: F401  (registers dustin::dense_attention)
+import dustin.kernels  # noqa: F401  (registers torch.ops.dustin.*)
 
 from .match import AttentionMatch
 

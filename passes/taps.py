@@ -14,8 +14,9 @@ import operator
 import torch
 import torch.fx as fx
 
-import dustin.kernels.score_heads  # noqa: F401  (registers dustin::score_heads_into)
+import dustin.kernels  # noqa: F401  (registers torch.ops.dustin.*)
 
+from .errors import PassError
 from .match import AttentionMatch
 from .rewrite import RewritePlan, RewriteRecord
 
@@ -29,8 +30,6 @@ def insert_taps(
     wanted = list(plan.query_taps) + [layer for layer, _ in plan.score_taps]
     missing = [layer for layer in wanted if layer not in by_layer]
     if missing:
-        from dustin.errors import PassError
-
         raise PassError(
             f"score taps: layer(s) {missing} have no matched attention in this graph (matched layers: "
             f"{sorted(by_layer)}); choose tap layers among them"

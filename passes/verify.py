@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from dustin.errors import PassError
+from .errors import PassError
 
 from .match import SDPA_TARGETS, node_value
 from .rewrite import is_impure

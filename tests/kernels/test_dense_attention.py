@@ -55,9 +55,9 @@ def test_reads_nothing_past_each_row():
 def test_opcheck_and_bad_inputs():
     q, k = torch.randn(2, 4, 3, 16), torch.randn(2, 2, 40, 16)
     torch.library.opcheck(torch.ops.dustin.dense_attention.default, (q, k, k.clone(), torch.tensor([3, 9]), None))
-    with pytest.raises(ValueError, match=r"query heads must be a multiple of KV heads"):
+    with pytest.raises(ValueError, match=r"`q` has 3 heads, not a multiple of the 2 KV heads"):
         dense_attention(torch.randn(2, 3, 3, 16), k, k, torch.tensor([3, 9]))
-    with pytest.raises(ValueError, match=r"`seq_lens` \+ T must lie in \[0, 40\]"):
+    with pytest.raises(ValueError, match=r"`seq_lens` \+ 3 new rows must lie in \[0, 40\]"):
         dense_attention(q, k, k, torch.tensor([3, 39]))
-    with pytest.raises(TypeError, match=r"`seq_lens` must be int32 or int64"):
+    with pytest.raises(TypeError, match=r"`seq_lens` must have dtype in \(int32, int64\)"):
         dense_attention(q, k, k, torch.tensor([3.0, 9.0]))

@@ -8,7 +8,7 @@ from kernel_cases import DTYPES, scores_oracle
 
 from dustin.kernels import score_heads, score_heads_into
 from dustin.kernels._common import fill_workspaces_
-from dustin.kernels.score_heads import score_heads_reference
+from dustin.kernels.scores import score_heads_reference
 
 # Absolute, on probabilities: reduced-precision inputs are widened exactly and scored in fp32, so all dtypes stay tight.
 SCORE_TOL = {torch.float32: 2e-5, torch.float16: 5e-5, torch.bfloat16: 5e-5}
@@ -82,7 +82,7 @@ TRITON_CASES = [  # lens, Hq, Hkv, D, T, heads, splits
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lens,q_heads,kv_heads,dim,rows,heads,splits", TRITON_CASES)
 def test_triton_matches_reference(lens, q_heads, kv_heads, dim, rows, heads, splits, dtype):
-    from dustin.kernels.score_heads.triton import score_heads_into_triton
+    from dustin.kernels.scores.triton import score_heads_into_triton
 
     q, k, seq_lens = _case(lens, q_heads, kv_heads, dim, rows, dtype, seed=dim)
     start = torch.rand(len(lens), k.shape[2])

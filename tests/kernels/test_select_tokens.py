@@ -121,8 +121,8 @@ def test_budget_smaller_than_protection_is_rejected():
 
 @pytest.mark.parametrize("present", ["both", "draft", "hist", "none"])
 def test_triton_matches_reference_exactly(present):
-    from dustin.kernels.select_tokens import select_tokens_reference
-    from dustin.kernels.select_tokens.triton import select_tokens_triton
+    from dustin.kernels.selection import select_tokens_reference
+    from dustin.kernels.selection.triton import select_tokens_triton
 
     lens = torch.tensor([1, BUDGET - 1, BUDGET, BUDGET + 1, 700, 1500], dtype=torch.int32)
     draft, hist = _scores(lens.tolist(), 1600, seed=5), _scores(lens.tolist(), 1600, seed=6, dtype=torch.bfloat16)

@@ -10,7 +10,7 @@ from kernel_cases import DTYPES, TOL, attention_oracle, make_attention_case, vis
 
 from dustin.kernels import sparse_attention
 from dustin.kernels._common import fill_workspaces_
-from dustin.kernels.sparse_attention import sparse_attention_reference
+from dustin.kernels.sparse import sparse_attention_reference
 
 # (context lengths per row, head dim, GQA ratio, T, budget): every S, D, ratio and T of the issue appears.
 SHAPES = [
@@ -113,7 +113,7 @@ TRITON_SHAPES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lens,dim,ratio,rows,budget,splits", TRITON_SHAPES)
 def test_triton_matches_reference(lens, dim, ratio, rows, budget, splits, dtype):
-    from dustin.kernels.sparse_attention.triton import sparse_attention_triton
+    from dustin.kernels.sparse.triton import sparse_attention_triton
 
     q, k, v, indices, seq_lens = make_attention_case(2, 2 * ratio, 2, dim, rows, lens, budget, dtype, seed=dim)
     k, v = _poison_unread(k, v, indices, seq_lens, rows)

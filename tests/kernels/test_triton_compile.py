@@ -15,9 +15,9 @@ SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from dustin.kernels.score_heads import triton as sh
-from dustin.kernels.select_tokens import triton as st
-from dustin.kernels.sparse_attention import triton as sa
+from dustin.kernels.scores import triton as sh
+from dustin.kernels.selection import triton as st
+from dustin.kernels.sparse import triton as sa
 
 POINTERS = {"IDX": "*i32", "SEQ": "*i64", "DRAFT": "*fp32", "HIST": "*bf16", "HEADS": "*i32", "PART_O": "*fp32",
             "PART_LSE": "*fp32", "PART_M": "*fp32", "PART_L": "*fp32", "LSE": "*fp32"}

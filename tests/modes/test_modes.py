@@ -126,7 +126,7 @@ def test_draft_kv_auto_resolves_per_mode(pair, mode, draft_kv, expected_window):
 
 
 def test_window_indices():
-    from dustin.driver import window_indices
+    from dustin.cache import window_indices
 
     out = torch.empty(3, 2 + 4, dtype=torch.long)
     window_indices(torch.tensor([3, 6, 20]), n_sink=2, window=4, out=out)
@@ -137,19 +137,19 @@ def test_window_indices():
 def test_every_selector_returns_valid_index_sets(pair, expected, selector, monkeypatch):
     """After every selection: exact size, sorted, unique, -1 only at the end, below each row's length, sink and
     recent window present."""
-    from dustin.policy import SparsePolicy
+    from dustin.driver import Generation
 
     ids, mask, _ = expected
     seen = []
-    original = SparsePolicy.before_verify
+    original = Generation.select
 
-    def checked(self, gen):
-        role = original(self, gen)
-        if role == "verify":
-            seen.append((self.ws.tensor(("indices",), (), torch.long).clone(), (gen.n - 1).clone(), gen.active.clone()))
-        return role
+    def checked(self, drafted):
+        selection = original(self, drafted)
+        if selection.role == "verify":
+            seen.append((self.state.indices.clone(), (self.n - 1).clone(), self.active.clone()))
+        return selection
 
-    monkeypatch.setattr(SparsePolicy, "before_verify", checked)
+    monkeypatch.setattr(Generation, "select", checked)
     cfg = {**SMALL, "budget": 20, "window": 5, "n_sink": 3}
     dustin.compile(*pair, mode="sparse", selector=selector, **cfg).generate(ids, mask, max_new_tokens=12,
                                                                            eos_token_id=[])
@@ -168,7 +168,7 @@ def test_every_selector_returns_valid_index_sets(pair, expected, selector, monke
 
 def test_finished_rows_read_no_cached_keys(pair):
     """A row that hit eos keeps its batch slot (static shapes) but its selection is emptied: it reads no cache."""
-    from dustin.policy import SparsePolicy
+    from dustin.driver import Generation
 
     prompts = random_prompts(PROMPTS, seed=23)
     ids, mask = left_padded(prompts)
@@ -176,17 +176,17 @@ def test_finished_rows_read_no_cached_keys(pair):
     free = model.generate(ids, mask, max_new_tokens=16, eos_token_id=[]).sequences  # deterministic: rerun below
     eos = int(free[1, ids.shape[1] + 1])  # row 1 stops after 2 tokens
     snapshots = []
-    original = SparsePolicy.before_verify
+    original = Generation.select
 
-    def spy(self, gen):
-        role = original(self, gen)
-        if role == "verify":
-            snapshots.append((gen.active.clone(), self.ws.tensor(("indices",), (), torch.long).clone()))
-        return role
+    def spy(self, drafted):
+        selection = original(self, drafted)
+        if selection.role == "verify":
+            snapshots.append((self.active.clone(), self.state.indices.clone()))
+        return selection
 
     import unittest.mock as mock
 
-    with mock.patch.object(SparsePolicy, "before_verify", spy):
+    with mock.patch.object(Generation, "select", spy):
         model.generate(ids, mask, max_new_tokens=16, eos_token_id=eos)
     finished = [(active, indices) for active, indices in snapshots if not bool(active[1])]
     assert finished and all(bool((indices[1] == -1).all()) for _, indices in finished)

@@ -52,7 +52,7 @@ def test_query_and_score_taps_match_eager_hooks(family):
 
     # Query tap: the sparse verify graph's layer-LAYER queries of its γ+1 rows.
     q_eager, _ = _eager_qk(target, greedy, LAYER)
-    recorded = model.state("verify", GAMMA + 1)["query_record"][0]
+    recorded = model.query_record("verify", GAMMA + 1)[0]
     torch.testing.assert_close(recorded, q_eager[:, :, start:], atol=1e-5, rtol=1e-5)
 
     # Score tap: the draft's lookahead = Σ over its γ query rows (positions start .. start+γ-1) and `heads` of the
@@ -63,6 +63,6 @@ def test_query_and_score_taps_match_eager_hooks(family):
     for h in heads:
         logits = q_d[0, h, start:].double() @ k_d[0, h // group, :start].double().T / q_d.shape[-1] ** 0.5
         expected[:start] += logits.softmax(-1).sum(0)
-    lookahead = model.state("draft_1", 1)["lookahead"][0, : start + GAMMA]
+    lookahead = model.state.lookahead[0, : start + GAMMA]
     torch.testing.assert_close(lookahead.double(), expected, atol=1e-5, rtol=1e-4)
     assert model.reports["draft_1"].count("score tap") == 1 and model.report.count("query tap") == 1

@@ -17,10 +17,9 @@ Softmax and accumulation are fp32 (SDPA's CPU kernel accumulates reduced precisi
 How (CPU): the K+T rows of every (b, kv head) are gathered with one flat-row ``index_select`` per cache into a
 reused workspace, then ONE SDPA call runs over the packed GQA layout (the Hq/Hkv query heads of a KV head folded into
 the row axis: [B, Hkv, (Hq/Hkv)*T, D]) with a small additive mask [B, 1, rows, K+T] for padding and causality.
-Measured here (2 cores, quiet, bf16, B=4, 28q/4kv, d128, T=5, K=512): both gathers 0.3 ms, SDPA 1.1-1.4 ms.
-Alternatives measured and dropped: converting the gathered rows to fp32 and running bmm + softmax + bmm (the
-conversion adds 0.3 ms; 4.3 vs 3.8 ms single-threaded), an unmasked SDPA over the selection merged with a causal
-SDPA over the new rows by log-sum-exp (1.49 vs 1.26 ms), a bool mask instead of the additive one (1.45 vs 1.26 ms).
+Alternatives measured and dropped (slower on the CPU; the numbers are in the README's kernel notes): converting the
+gathered rows to fp32 for bmm + softmax + bmm, an unmasked SDPA over the selection merged with a causal SDPA over the
+new rows by log-sum-exp, a bool mask instead of the additive one.
 """
 
 from __future__ import annotations
@@ -30,37 +29,21 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._common import workspace
-
-_CAUSAL_TEMPLATES: dict[tuple, torch.Tensor] = {}
-_ARANGES: dict[tuple, torch.Tensor] = {}
-
-
-def _arange(n: int, device: torch.device) -> torch.Tensor:
-    """Cached ``torch.arange(n)``: small constants are rebuilt on every call otherwise (~5 us each)."""
-    key = (n, device)
-    if key not in _ARANGES:
-        if len(_ARANGES) > 64:
-            _ARANGES.clear()
-        _ARANGES[key] = torch.arange(n, device=device)
-    return _ARANGES[key]
+from .._common import cached_arange, cached_constant, workspace
 
 
 def _causal_template(groups: int, rows: int, selected: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Additive mask [1, 1, groups*rows, selected+rows]: 0 on the selection, causal -inf among the new columns."""
-    key = (groups, rows, selected, dtype, device)
-    tpl = _CAUSAL_TEMPLATES.get(key)
-    if tpl is None:
+
+    def build() -> torch.Tensor:
         t = torch.arange(rows, device=device).repeat(groups)  # packed row r = g * rows + t
         j = torch.arange(rows, device=device)
         hidden = j[None, :] > t[:, None]  # new column j is visible to row t iff j <= t
         tpl = torch.zeros(groups * rows, selected + rows, dtype=dtype, device=device)
         tpl[:, selected:].masked_fill_(hidden, float("-inf"))
-        tpl = tpl[None, None]
-        if len(_CAUSAL_TEMPLATES) > 64:  # shapes are few in practice; bound the cache anyway
-            _CAUSAL_TEMPLATES.clear()
-        _CAUSAL_TEMPLATES[key] = tpl
-    return tpl
+        return tpl[None, None]
+
+    return cached_constant(("sparse_attention.causal", groups, rows, selected, dtype, device), build)
 
 
 def _flat_rows(cache: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
@@ -78,19 +61,15 @@ def _flat_rows(cache: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
     return flat, s0 // d, s1 // d
 
 
-_ROW_BASES: dict[tuple, torch.Tensor] = {}
-
-
 def _row_ids(batch: int, heads: int, batch_rows: int, head_rows: int, positions: torch.Tensor) -> torch.Tensor:
     """Flat row ids [B*H*W] = b*batch_rows + h*head_rows + positions[b, w] (one add into a workspace)."""
-    key = (batch, heads, batch_rows, head_rows, positions.device)
-    base = _ROW_BASES.get(key)
-    if base is None:  # cached: saves four small ops per call (~15 us of a ~1.5 ms layer)
-        b = torch.arange(batch, device=positions.device) * batch_rows
-        base = (b[:, None] + torch.arange(heads, device=positions.device) * head_rows)[:, :, None]
-        if len(_ROW_BASES) > 64:
-            _ROW_BASES.clear()
-        _ROW_BASES[key] = base
+    device = positions.device
+
+    def build() -> torch.Tensor:
+        b = torch.arange(batch, device=device) * batch_rows
+        return (b[:, None] + torch.arange(heads, device=device) * head_rows)[:, :, None]
+
+    base = cached_constant(("sparse_attention.rows", batch, heads, batch_rows, head_rows, device), build)
     ids = workspace("sparse_attention.rows", (batch, heads, positions.shape[1]), torch.int64, positions.device)
     torch.add(base, positions[:, None, :], out=ids)
     return ids.view(-1)
@@ -138,7 +117,7 @@ def sparse_attention_reference(
     chosen = positions[:, :selected]
     chosen.copy_(indices)  # int32 or int64 in, int64 rows out
     torch.where(missing, first_new, chosen, out=chosen)
-    torch.add(first_new, _arange(rows, q.device), out=positions[:, selected:])
+    torch.add(first_new, cached_arange(rows, q.device), out=positions[:, selected:])
 
     keys = workspace("sparse_attention.keys", (batch, kv_heads, width, dim), k_cache.dtype, q.device)
     values = workspace("sparse_attention.values", (batch, kv_heads, width, dim), v_cache.dtype, q.device)

@@ -1,4 +1,4 @@
-"""Token selection: one index set per sequence, shared by every layer and head (DESIGN.md §2 step 3).
+"""Token selection: one index set per sequence, shared by every layer and head (docs/design.md, "The algorithm").
 
 Contract (the spec of ``dustin::select_tokens``):
 
@@ -28,21 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from .._common import workspace
+from .._common import cached_arange, workspace
 
 _NOT_A_CANDIDATE = torch.iinfo(torch.int64).min
-
-
-_ARANGES: dict[tuple, torch.Tensor] = {}
-
-
-def _positions(length: int, device: torch.device) -> torch.Tensor:
-    key = (length, device)
-    if key not in _ARANGES:
-        if len(_ARANGES) > 16:
-            _ARANGES.clear()
-        _ARANGES[key] = torch.arange(length, device=device)
-    return _ARANGES[key]
 
 
 def _keys(scores: torch.Tensor, n_sink: int, beyond: torch.Tensor, name: str) -> torch.Tensor:
@@ -62,7 +50,7 @@ def _keys(scores: torch.Tensor, n_sink: int, beyond: torch.Tensor, name: str) ->
     ordered.bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits)
     keys = workspace(f"select_tokens.{name}", (batch, length), torch.int64, scores.device)
     keys.copy_(ordered)
-    keys.bitwise_left_shift_(32).bitwise_or_(_positions(length, scores.device))
+    keys.bitwise_left_shift_(32).bitwise_or_(cached_arange(length, scores.device))
     keys[:, :n_sink] = _NOT_A_CANDIDATE
     keys.masked_fill_(beyond, _NOT_A_CANDIDATE)
     return keys
@@ -96,7 +84,7 @@ def select_tokens_reference(
     else:
         length = (draft_scores if draft_scores is not None else hist_scores).shape[1]
         # Candidates lie outside P and below L: n_sink <= j < L - window (disjoint from P when L > budget).
-        beyond = _positions(length, device)[None, :] >= (lens - window)[:, None]
+        beyond = cached_arange(length, device)[None, :] >= (lens - window)[:, None]
         chosen = []
         if draft_scores is not None:
             take = rest if hist_scores is None else min(max(m, 0), rest)

@@ -1,4 +1,4 @@
-"""Head-subset attention scores: the "sparse estimation on a minimal subset of heads" (DESIGN.md §2).
+"""Head-subset attention scores: the "sparse estimation on a minimal subset of heads" (docs/design.md).
 
 Contract (the spec of ``dustin::score_heads`` / ``dustin::score_heads_into``; the Triton kernel implements the same):
 
@@ -15,9 +15,8 @@ lookahead over γ draft steps in one buffer).
 
 How (CPU): only the KV groups of the listed heads are read, and never as a full-precision copy of the cache: for
 reduced-precision caches K is converted per batch row in L2-sized chunks into a reused fp32 workspace and
-multiplied there, so the logits are exact fp32 dot products of the stored values. A bf16 matmul (oneDNN, no
-AVX512-BF16 on this CPU) was not faster for several rows (6.5 ms vs ~6 ms per group for 4 rows, B=4, 32k, d128) and
-rounds the logits to bf16 (0.25 absolute error measured at |logit| ~ 100). Logits of all rows land in one fp32
+multiplied there, so the logits are exact fp32 dot products of the stored values. A bf16 matmul was not faster on a
+CPU without AVX512-BF16 and rounds the logits to bf16 (0.25 absolute error at |logit| ~ 100). Logits of all rows land in one fp32
 workspace [B, R, L]; the softmax is done by hand (max, exp, sum) and its normalisation fused into the row sum.
 """
 
@@ -29,10 +28,8 @@ import torch
 
 from .._common import workspace
 
-# fp32 bytes per conversion chunk: about one core's L2, so that the converted rows are still cached when multiplied.
-# Measured here (bf16, B=4, 32k, d128, 2 threads, one 1-row head per KV group x 4 groups): per-(row, group) chunks of
-# 1024 / 2048 / 4096 / 8192 positions 24.4 / 18.0 / 16.0 / 17.7 ms; one [B, 4096, D] chunk for the whole batch
-# (8 MB, spills to L3) 26.8 ms; converting alone 13.8 ms.
+# fp32 bytes per conversion chunk: about one core's L2, so that the converted rows are still cached when multiplied
+# (chunk sizes from 1k to 8k positions and one whole-batch chunk were measured: README, kernel notes).
 CHUNK_BYTES = 2 * 2**20
 
 

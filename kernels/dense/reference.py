@@ -11,8 +11,8 @@ Contract (shared with ``sparse_attention``, minus the selection):
 
 Why packed: stock transformers SDPA calls ``repeat_kv`` for q_len > 1 with a mask and copies K/V once per query head
 of a group (6x for a 12q/2kv model); folding each KV head's query heads into the row axis gives one SDPA call over
-the un-repeated cache. Measured here (bf16, B=4, 16k, 12q/2kv, d128, T=5, one layer): 18.6 ms packed vs 152 ms stock
-and 33 ms for SDPA(enable_gqa=True). Only the first max(seq_lens) + T positions are read, so a cache allocated larger
+the un-repeated cache (8x faster than stock and 1.8x faster than SDPA(enable_gqa=True) at 16k on a CPU: README).
+Only the first max(seq_lens) + T positions are read, so a cache allocated larger
 than the text costs memory, not time.
 """
 
