@@ -128,7 +128,7 @@ def main() -> int:
                         continue
                     seqs, total, prefill = run_hf(arm, args, target, draft, ids)
                     tps = args.new_tokens / max(total - prefill, 1e-9)
-                    rows.append(dict(context=context, batch=batch, arm=arm, decode_tps=tps, tau="", target_passes="",
+                    rows.append(dict(context=context, batch=batch, arm=arm, decode_tps=tps, tau="", per_pass="", target_passes="",
                                      draft_s="", select_s="", verify_s="", other_s="", agree=_agree(seqs, reference, context),
                                      recovery="", note=f"stock SDPA; {total:.1f}s incl. {prefill:.1f}s prefill"))
                     continue
@@ -137,7 +137,7 @@ def main() -> int:
                     reference = out.sequences
                 s = out.stats
                 rows.append(dict(context=context, batch=batch, arm=arm, decode_tps=s.decode_tokens_per_second,
-                                 tau=s.tau, target_passes=s.target_passes, draft_s=s.time_draft,
+                                 tau=s.tau, per_pass=s.tokens_per_pass, target_passes=s.target_passes, draft_s=s.time_draft,
                                  select_s=s.time_select, verify_s=s.time_verify, other_s=s.time_other,
                                  agree=_agree(out.sequences, reference, context),
                                  recovery=sum(s.recovery) / len(s.recovery) if s.recovery else "",
@@ -157,7 +157,7 @@ def _agree(seqs, reference, prompt_len: int) -> str:
 
 
 def _format(rows) -> str:
-    cols = ("context", "batch", "arm", "decode_tps", "tau", "target_passes", "draft_s", "verify_s", "select_s",
+    cols = ("context", "batch", "arm", "decode_tps", "tau", "per_pass", "target_passes", "draft_s", "verify_s", "select_s",
             "agree", "recovery", "note")
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)

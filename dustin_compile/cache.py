@@ -4,7 +4,7 @@ Design (docs/design.md, "Ragged batches"): row b's token i lives at cache positi
 Each forward writes its T new tokens at the explicit per-row positions the driver passes (``write_pos [B, T]``, the
 same tensor as ``position_ids``), so ragged acceptance needs no holes and rollback is resetting a length on the host:
 positions past a row's committed length are garbage that is never attended and is overwritten before it is. The
-driver passes a 4D bool mask (``j <= write_pos[b, t]``), which transformers uses as is.
+driver's steps pass 4D bool masks built by ``dustin::causal_mask`` (masks.py), which transformers uses as they are.
 
 Invariant kept by the driver: with ``n[b]`` committed tokens, cache positions ``0 .. n[b]-2`` hold their exact K/V
 and token ``n[b]-1`` is *pending* (the first input of the next forward).
@@ -93,11 +93,6 @@ class RowCache(Cache):
         _, kv_heads, head_dim = head_geometry(model)
         param = next(model.parameters())
         return cls(model.config.num_hidden_layers, batch, kv_heads, head_dim, capacity, param.dtype, param.device)
-
-
-def causal_mask(write_pos: torch.Tensor, capacity: int) -> torch.Tensor:
-    """The 4D bool mask ``[B, 1, T, S]`` matching the cache contract: row t of b reads positions ``<= write_pos[b, t]``."""
-    return (torch.arange(capacity, device=write_pos.device) <= write_pos[:, :, None]).unsqueeze(1)
 
 
 def window_indices(seq_lens: torch.Tensor, n_sink: int, window: int, out: torch.Tensor) -> torch.Tensor:

@@ -26,10 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, required=True)
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     gen.add_argument("--dtype", choices=tuple(DTYPES), default="auto", help="load both models in this dtype")
-    gen.add_argument("--do-sample", action="store_true")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
+    # Sampling flags not given are not passed: generate() then follows the checkpoint's generation_config, as
+    # transformers does (a checkpoint that samples by default samples here too).
+    sampling = gen.add_argument_group("sampling (default: the checkpoint's generation_config)")
+    sampling.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+    sampling.add_argument("--temperature", type=float, default=argparse.SUPPRESS)
+    sampling.add_argument("--top-k", type=int, default=argparse.SUPPRESS)
+    sampling.add_argument("--top-p", type=float, default=argparse.SUPPRESS)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming it")
     gen.add_argument("--profile", help="calibration profile JSON from `python -m dustin calibrate` (sparse modes)")
@@ -91,9 +94,9 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"prompt: {input_ids.shape[1]} tokens; mode={model.config.mode}, gamma={model.config.gamma}",
           file=sys.stderr)
     streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True)
-    out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, streamer=streamer,
-                         generator=torch.Generator().manual_seed(args.seed), progress=True)
+    sampling = {k: getattr(args, k) for k in ("do_sample", "temperature", "top_k", "top_p") if hasattr(args, k)}
+    out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, streamer=streamer,
+                         generator=torch.Generator().manual_seed(args.seed), progress=True, **sampling)
     if args.no_stream:
         print(tokenizer.decode(out.sequences[0, input_ids.shape[1]:], skip_special_tokens=True))
     print("\n" + out.stats.table(), file=sys.stderr)

@@ -53,6 +53,9 @@ class Generation:
         self.q_star: torch.Tensor | None = None
         self.since_dense = 0  # sparse verifications since the last dense one (guarded mode's refresh)
         self.prompt_window: torch.Tensor | None = None  # SnapKV's scores, chosen once per call
+        # Sampling: signals computed from this iteration's drafted tokens (lookahead, oracle) are held back one
+        # iteration, so that a selection never depends on the tokens it verifies (docs/design.md, exact mode).
+        self.held: dict[str, torch.Tensor | None] = {"lookahead": None, "oracle": None}
         self.exact = (ExactCheck(self.config, batch, model.vocab_size, sampling, device)
                       if self.config.mode == "exact" else None)
         self.lookahead = self.gamma > 0 and bool(model.plan("draft_1").score_taps)
@@ -101,7 +104,7 @@ class Generation:
             return torch.zeros(batch, 0, dtype=torch.long, device=device), probs
         if self.lookahead:
             self.state.lookahead.zero_()
-            self.state.lookahead_seq_lens.copy_(self.n - 1)
+            self.state.lookahead_seq_lens.copy_(self.n - 1).masked_fill_(self.settled(), 0)
         first = int(self.draft_need[self.active].max())
         pos = self.positions(self.n - first, first)  # the last `first` committed positions
         logits = self.draft_logits(f"draft_{first}", self.seq.gather(1, pos), pos)
@@ -165,13 +168,19 @@ class Generation:
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     def forward(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Run the compiled ``role`` step on ``ids`` at per-row positions ``pos`` (contiguous per row)."""
+        """Run the compiled ``role`` step on ``ids`` at per-row positions ``pos`` (contiguous per row). A settled
+        row (finished, nothing provisional) still fills its batch slot, but its attention reads no cache: its
+        rows attend as if they started at position 0, and their output is never used."""
         graph = self.model.graph(role, ids.shape[1])
-        self.state.seq_lens.copy_(pos[:, 0])
+        seq_lens = self.state.seq_lens.copy_(pos[:, 0]).masked_fill_(self.settled(), 0)
         if graph.plan.window_attention:
             cfg = self.config
-            window_indices(pos[:, 0], cfg.n_sink, cfg.draft_window, out=self.state.window_indices)
-        return graph(ids, pos)
+            window_indices(seq_lens, cfg.n_sink, cfg.draft_window, out=self.state.window_indices)
+        return graph(ids, pos, seq_lens)
+
+    def settled(self) -> torch.Tensor:
+        """[B] rows whose tokens are all final and who generate no more."""
+        return ~self.active & (self.final >= self.n) if self.exact is not None else ~self.active
 
     def draft_logits(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         logits = self.forward(role, ids, pos)[:, -1].float()
@@ -232,12 +241,24 @@ class Generation:
         def verification():
             ids = torch.cat([self.seq.gather(1, seq_lens[:, None]), drafted], 1)
             self.forward("verify_oracle", ids, self.positions(seq_lens, ids.shape[1]))
-            return oracle_scores(lambda: self.model.query_record("verify_oracle", ids.shape[1]),
-                                 [layer.keys for layer in layers], seq_lens)
+            scores = oracle_scores(lambda: self.model.query_record("verify_oracle", ids.shape[1]),
+                                   [layer.keys for layer in layers], seq_lens)
+            return self.hold_back("oracle", scores)
 
         lookahead = self.state.lookahead if self.lookahead and self.config.selector in LOOKAHEAD_SELECTORS else None
+        if lookahead is not None:
+            lookahead = self.hold_back("lookahead", lookahead)
         return Signals(lookahead, history, lambda: quest_scores(self.q_star, keys, seq_lens, heads),
                        prompt_window, verification)
+
+    def hold_back(self, name: str, scores: torch.Tensor) -> torch.Tensor | None:
+        """Greedy: ``scores`` as they are. Sampling: the previous iteration's (None at first), keeping these for
+        the next: speculative sampling is exact w.r.t. the distribution it verifies against only if that
+        distribution (here, the selection) is fixed before the tokens it verifies are drawn."""
+        if not self.sampling.do_sample:
+            return scores
+        previous, self.held[name] = self.held[name], scores.clone()
+        return previous
 
     def observe(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """SnapKV's observation pass: the history layer's queries of ``ids`` ``[B, Hq, OBSERVE_ROWS, D]``."""

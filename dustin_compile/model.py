@@ -11,13 +11,14 @@ from dustin.passes import PassReport, RewritePlan
 from .cache import prefill_chunks
 from .config import DustinConfig
 from .driver import Generation
-from .generate_args import resolve
+from .generate_args import UNSET, resolve
+from .masks import mask_spec
 from .profile import DustinProfile, default_profile
 from .sampling import Sampling
 from .selectors import LOOKAHEAD_SELECTORS
 from .state import CacheStore, DecodeState
 from .steps import StepGraph
-from .validate import check_pair, prompts_from, vocab_size
+from .validate import check_dense_layers, check_pair, prompts_from, vocab_size
 
 TARGET_ROLES = ("prefill_target", "verify", "verify_dense", "verify_oracle", "check", "observe")
 
@@ -30,16 +31,20 @@ def compile(target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfi
     ``overrides`` are ``DustinConfig`` fields (``dustin.compile(t, d, mode="sparse", budget=1024)``); an unknown
     key is a ``TypeError`` listing the valid ones. ``profile`` is a ``DustinProfile`` (or its JSON path) from
     ``dustin.calibrate``. Graphs are captured and rewritten on the first ``generate``.
+
+    Every check runs before the models are touched: a refused pair keeps its dtype, device, weights and train/eval
+    mode. Then ``config.dtype`` casts both in place and ``DustinModel`` puts them in eval mode.
     """
     config = (config or DustinConfig()).replace(**overrides)
-    if config.dtype is not None:
-        target.to(config.dtype)
-        draft.to(config.dtype)
-    check_pair(target, draft, tokenizer, draft_tokenizer)
+    check_pair(target, draft, tokenizer, draft_tokenizer, dtype=config.dtype)  # as the pair will be after the cast
     if isinstance(profile, str):
         profile = DustinProfile.load(profile)
     if profile is not None:
-        profile.check(target, draft)
+        profile.check(target, draft)  # the config hashes leave the dtype out: the cast does not change them
+    check_dense_layers(target, config.dense_layers or (profile.dense_layers if profile is not None else ()))
+    if config.dtype is not None:
+        target.to(config.dtype)
+        draft.to(config.dtype)
     return DustinModel(target, draft, config, profile)
 
 
@@ -56,6 +61,7 @@ class DustinModel:
         self.target, self.draft, self.config = target.eval(), draft.eval(), config
         self.vocab_size = vocab_size(target)
         self.device = next(target.parameters()).device
+        self.target_masks, self.draft_masks = mask_spec(target, "target"), mask_spec(draft, "draft")
         layers = target.config.num_hidden_layers
         sparse = config.mode != "dense"
         self.profile = profile or default_profile(target, draft, warn=sparse)
@@ -64,9 +70,7 @@ class DustinModel:
                           f"{config.budget}: its choices may not fit; recalibrate with budget={config.budget}",
                           stacklevel=3)
         self.dense_layers = frozenset(config.dense_layers or self.profile.dense_layers)
-        bad = sorted(i for i in self.dense_layers if i >= layers)
-        if bad:
-            raise ValueError(f"dense_layers {bad} out of range: the target has {layers} layers (0..{layers - 1})")
+        check_dense_layers(target, self.dense_layers)
         free = config.budget - config.n_sink - config.window
         # Positions of the selection chosen by the draft's lookahead; the rest of the free budget by history.
         self.draft_share = config.m if config.m is not None else int(round(self.profile.m_fraction * free))
@@ -139,7 +143,8 @@ class DustinModel:
             self._graphs[key] = StepGraph(
                 model, role, plan, get_cache,
                 lambda: self._state.inputs(names, self.query_record(role, rows) if plan.query_taps else None),
-                inductor=inductor, strict=self.config.strict, logits=not role.startswith("prefill"), id_max=id_max,
+                masks=self.target_masks if is_target else self.draft_masks, inductor=inductor,
+                strict=self.config.strict, logits=not role.startswith("prefill"), id_max=id_max,
             )
         return self._graphs[key]
 
@@ -178,16 +183,20 @@ class DustinModel:
 
     # ---- generate ---------------------------------------------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                 max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
-                 pad_token_id: int | None = None, streamer=None, generator: torch.Generator | None = None,
-                 generation_config=None, progress: bool = False, use_draft: bool = True):
+                 max_new_tokens: int | None = UNSET, do_sample: bool | None = UNSET, temperature: float | None = UNSET,
+                 top_k: int | None = UNSET, top_p: float | None = UNSET,
+                 eos_token_id: int | list[int] | torch.Tensor | None = UNSET, pad_token_id: int | None = UNSET,
+                 streamer=None, generator: torch.Generator | None = None, generation_config=None,
+                 progress: bool = False, use_draft: bool = True):
         """Speculative decoding of ``input_ids`` (left-padded, like transformers). Returns ``GenerateOutput`` with
         ``sequences`` (prompt + new tokens, padded like ``generate``) and ``stats``.
 
-        ``eos_token_id=None`` uses the target's ``generation_config``; pass ``[]`` for none. Knobs left at their
-        defaults are taken from ``generation_config`` when one is given (its ``max_length``, prompt included as in
-        transformers, stands in for a missing ``max_new_tokens``). ``progress=True`` shows progress bars.
+        The generation arguments mean what they mean in transformers' ``target.generate``: an argument not passed
+        comes from ``generation_config`` (where set), then the target's own ``generation_config`` (a checkpoint that
+        samples by default samples here too), then transformers' defaults (greedy; ``top_k=50`` when sampling). A
+        ``None`` passed is a value: ``eos_token_id=None`` (or ``[]``) never stops, ``top_k=None`` disables top-k.
+        ``max_length`` (in a ``generation_config``) counts the prompt, as in transformers; ``max_new_tokens`` beats
+        it. Unlike transformers there is no default length. ``progress=True`` shows progress bars.
         ``use_draft=False`` decodes with the target alone (one token per pass) through the same compiled graphs
         and, in sparse modes, the same selection (history signal only): the autoregressive baselines.
         """

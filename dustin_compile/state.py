@@ -60,7 +60,8 @@ class CacheStore:
 class DecodeState:
     """Everything the compiled steps of one generation read besides their token inputs.
 
-    seq_lens: ``[B]`` cache position where the running step's rows start (set before every forward).
+    seq_lens: ``[B]`` cache position where the running step's rows start (set before every forward; a step input,
+        from which the step builds its mask).
     indices: ``[B, budget]`` the sparse selection of this iteration, shared by every layer (-1 = padding).
     window_indices: ``[B, n_sink + draft_window]`` the draft's own sink + recent window (``draft_kv="window"``).
     lookahead: ``[B, capacity]`` float32, the draft's score heads summed over this iteration's drafted tokens.
@@ -100,7 +101,7 @@ class DecodeState:
 
     def inputs(self, names: tuple[str, ...], query_record: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The tensors a graph whose plan lists ``names`` reads, by name."""
-        table = {"seq_lens": self.seq_lens, "indices": self.indices, "window_indices": self.window_indices,
+        table = {"indices": self.indices, "window_indices": self.window_indices,
                  "lookahead": self.lookahead, "lookahead_seq_lens": self.lookahead_seq_lens,
                  "query_record": query_record}
         return {name: table[name] for name in names}

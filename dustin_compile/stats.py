@@ -14,7 +14,10 @@ class GenerateStats:
     """Per-call statistics. Times are wall seconds; decode excludes prefill.
 
     accepted: per row, drafted tokens that were committed. new_tokens: per row, tokens generated.
-    tau: mean tokens committed per target verification pass (per row, averaged over rows).
+    tau: mean tokens committed per verification pass of the row (per row, averaged over rows); exact mode's dense
+        checks are not verification passes, so tau alone flatters it: read ``tokens_per_pass`` beside it.
+    tokens_per_pass: new tokens per target forward of any kind (verifications, guarded refreshes, exact checks),
+        per row, averaged over rows — what the target's weights were read for.
     """
 
     accepted: list[int] = field(default_factory=list)
@@ -40,6 +43,12 @@ class GenerateStats:
         return sum(rates) / len(rates) if rates else 0.0
 
     @property
+    def tokens_per_pass(self) -> float:
+        if not self.target_passes or not self.new_tokens:
+            return 0.0
+        return sum(self.new_tokens) / len(self.new_tokens) / self.target_passes
+
+    @property
     def time_decode(self) -> float:
         return self.time_total - self.time_prefill
 
@@ -51,7 +60,8 @@ class GenerateStats:
         rows = [
             ("new tokens", f"{sum(self.new_tokens)} ({', '.join(map(str, self.new_tokens))})"),
             ("accepted drafts", f"{sum(self.accepted)} ({', '.join(map(str, self.accepted))})"),
-            ("tau (tokens / target pass)", f"{self.tau:.2f}"),
+            ("tau (tokens / verification)", f"{self.tau:.2f}"),
+            ("tokens / target pass (checks too)", f"{self.tokens_per_pass:.2f}"),
             ("target passes (sparse / dense)", f"{self.target_passes} ({self.sparse_passes} / {self.dense_passes})"),
             ("draft passes", str(self.draft_passes)),
             ("provisional tokens rolled back", str(self.rolled_back)),

@@ -1,9 +1,11 @@
 """Compiled step functions (gpt-fast style: compile the steps, keep the accept/reject loop in eager Python).
 
-Every step has the same signature ``step(input_ids [B, T], position_ids [B, T], attention_mask [B, 1, T, S])`` and
-is captured by ``torch.compile`` with dustin's backend, which rewrites its attention per a ``RewritePlan``. The
-driver-owned state of a step (``seq_lens``, ``indices``, tap buffers) lives in the current ``DecodeState`` and is
-looked up at every call, so one compiled graph serves every state of matching shape.
+Every step has the same signature ``step(input_ids [B, T], position_ids [B, T], seq_lens [B])``: it writes the new
+K/V at ``position_ids`` and builds the model's attention mask in the graph with ``dustin::causal_mask(seq_lens, ...)``
+(masks.py), the one mask the pass proves equivalent to its replacement. It is captured by ``torch.compile`` with
+dustin's backend, which rewrites its attention per a ``RewritePlan``. The driver-owned state of a step (``indices``,
+tap buffers) lives in the current ``DecodeState`` and is looked up at every call, so one compiled graph serves every
+state of matching shape.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 
 from dustin.passes import DustinBackend, PassReport, RewritePlan
 
-from .cache import RowCache, causal_mask
+from .cache import RowCache
+from .masks import MaskSpec
 
 
 def _own_code(fn: Callable, tag: str) -> Callable:
@@ -26,23 +29,18 @@ def _own_code(fn: Callable, tag: str) -> Callable:
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
-def _make_forward(model: torch.nn.Module, get_cache: Callable[[], RowCache], logits: bool) -> Callable:
-    if logits:
-        def step(input_ids, position_ids, attention_mask):
-            cache = get_cache()
-            cache.write_pos = position_ids
-            out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                        past_key_values=cache, use_cache=True)
-            return out.logits
-    else:
-        base = model.base_model  # prefill only fills the cache: skip the LM head
+def _make_forward(model: torch.nn.Module, get_cache: Callable[[], RowCache], masks: MaskSpec,
+                  logits: bool) -> Callable:
+    run = model if logits else model.base_model  # prefill only fills the cache: skip the LM head
 
-        def step(input_ids, position_ids, attention_mask):
-            cache = get_cache()
-            cache.write_pos = position_ids
-            out = base(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                       past_key_values=cache, use_cache=True)
-            return out.last_hidden_state[:, -1:]
+    def step(input_ids, position_ids, seq_lens):
+        cache = get_cache()
+        cache.write_pos = position_ids
+        mask = masks.build(seq_lens, input_ids.shape[1], cache.capacity)
+        out = run(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, past_key_values=cache,
+                  use_cache=True)
+        return out.logits if logits else out.last_hidden_state[:, -1:]
+
     return step
 
 
@@ -50,18 +48,17 @@ class StepGraph:
     """One compiled step: a model, the cache it writes, its plan, and where its state comes from."""
 
     def __init__(self, model: torch.nn.Module, role: str, plan: RewritePlan, get_cache: Callable[[], RowCache],
-                 get_state: Callable[[], dict[str, torch.Tensor]], *, inductor: bool, strict: bool,
+                 get_state: Callable[[], dict[str, torch.Tensor]], *, masks: MaskSpec, inductor: bool, strict: bool,
                  logits: bool = True, id_max: int | None = None) -> None:
         self.role, self.plan, self.get_cache, self.id_max = role, plan, get_cache, id_max
         self.backend = DustinBackend(plan, get_state, name=role, inductor=inductor, strict=strict)
-        fn = _own_code(_make_forward(model, get_cache, logits), f"{role}_{uuid.uuid4().hex[:8]}")
+        fn = _own_code(_make_forward(model, get_cache, masks, logits), f"{role}_{uuid.uuid4().hex[:8]}")
         self.compiled = torch.compile(fn, backend=self.backend, fullgraph=True, dynamic=False)
 
-    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        mask = causal_mask(position_ids, self.get_cache().capacity)
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
         if self.id_max is not None:
             input_ids = input_ids.clamp_max(self.id_max)
-        return self.compiled(input_ids, position_ids, mask)
+        return self.compiled(input_ids, position_ids, seq_lens)
 
     @property
     def report(self) -> PassReport | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ModelPairError
+from .masks import mask_spec
 
 SUPPORTED_ATTENTION = ("sdpa",)
 
@@ -32,13 +33,7 @@ def check_model(model: object, name: str) -> None:
             f"`{name}` uses attn_implementation={impl!r}; dustin rewrites SDPA attention. Reload it with "
             f"attn_implementation='sdpa' (or call {name}.set_attn_implementation('sdpa'))"
         )
-    layer_types = getattr(model.config, "layer_types", None) or []
-    other = sorted({t for t in layer_types if t != "full_attention"})
-    if other or getattr(model.config, "use_sliding_window", False):
-        raise ModelPairError(
-            f"`{name}` has {other or ['sliding_attention']} layers; dustin supports full-attention decoders "
-            "(Llama, Qwen2/3, Mistral, Phi3, OLMo2, ...). Use a model without sliding-window/linear layers"
-        )
+    mask_spec(model, name)  # refuses layer kinds dustin cannot run; sliding windows are honoured
 
 
 def vocab_size(model: torch.nn.Module) -> int:
@@ -50,8 +45,10 @@ def _special_ids(model: torch.nn.Module) -> dict[str, object]:
     return {k: getattr(cfg, k, None) for k in ("bos_token_id", "eos_token_id")}
 
 
-def check_pair(target: object, draft: object, tokenizer=None, draft_tokenizer=None) -> None:
-    """The pair must share a tokenizer, a dtype and a device."""
+def check_pair(target: object, draft: object, tokenizer=None, draft_tokenizer=None,
+               dtype: torch.dtype | None = None) -> None:
+    """The pair must share a tokenizer, a dtype and a device. ``dtype``: both models will be cast to it (checked as
+    they will be, without casting: nothing is changed before every check has passed)."""
     check_model(target, "target")
     check_model(draft, "draft")
     vt, vd = vocab_size(target), vocab_size(draft)
@@ -79,11 +76,19 @@ def check_pair(target: object, draft: object, tokenizer=None, draft_tokenizer=No
         raise ModelPairError(
             f"target is on {pt.device} but draft on {pd.device}: move both to one device (e.g. draft.to('{pt.device}'))"
         )
-    if pt.dtype != pd.dtype:
+    if dtype is None and pt.dtype != pd.dtype:
         raise ModelPairError(
             f"target dtype {pt.dtype} differs from draft dtype {pd.dtype}: cast one (draft.to({pt.dtype})) or pass "
             f"dtype=... to dustin.compile to cast both"
         )
+
+
+def check_dense_layers(target: torch.nn.Module, dense_layers) -> None:
+    """``dense_layers`` (the config's, else the profile's) must be layers of the target."""
+    layers = target.config.num_hidden_layers
+    bad = sorted(i for i in set(dense_layers) if i >= layers)
+    if bad:
+        raise ValueError(f"dense_layers {bad} out of range: the target has {layers} layers (0..{layers - 1})")
 
 
 def prompts_from(input_ids: object, attention_mask: object, vocab: int | None = None) -> list[torch.Tensor]:

@@ -49,8 +49,12 @@ def declined_attention() -> None:
     def bidirectional(q, k, v):  # no mask and not causal: an encoder
         return F.scaled_dot_product_attention(q, k, v)
 
+    def padded(q, k, v, keep_positions):  # a bool mask the driver did not build: it cannot be proven causal
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep_positions)
+
     torch.compile(with_bias, backend=keep, fullgraph=True)(q, k, v, bias)
     torch.compile(bidirectional, backend=keep, fullgraph=True)(q, k, v)
+    torch.compile(padded, backend=keep, fullgraph=True)(q, k, v, torch.rand(1, 1, 5, 32) > 0.2)
     print()
     for gm in graphs:
         matches, declined = find_attention(gm)

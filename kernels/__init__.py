@@ -6,16 +6,16 @@ registration as ``torch.library.custom_op("dustin::<op>")`` in ``__init__.py``:
 | folder       | op (``torch.ops.dustin.*``)          | public function                     |
 |--------------|--------------------------------------|-------------------------------------|
 | ``sparse``   | ``sparse_attention``                 | ``sparse_attention``                |
-| ``dense``    | ``dense_attention``                  | ``dense_attention``                 |
+| ``dense``    | ``dense_attention``, ``causal_mask`` | ``dense_attention``, ``causal_mask``|
 | ``scores``   | ``score_heads``, ``score_heads_into``| ``score_heads``, ``score_heads_into``|
 | ``selection``| ``select_tokens``                    | ``select_tokens``                   |
 
 Importing this package registers every op; it never imports triton (the CUDA kernels load on first use).
 """
 
-from .dense import dense_attention
+from .dense import causal_mask, dense_attention
 from .scores import score_heads, score_heads_into
 from .selection import select_tokens
 from .sparse import sparse_attention
 
-__all__ = ["dense_attention", "score_heads", "score_heads_into", "select_tokens", "sparse_attention"]
+__all__ = ["causal_mask", "dense_attention", "score_heads", "score_heads_into", "select_tokens", "sparse_attention"]

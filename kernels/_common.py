@@ -139,3 +139,9 @@ def check_seq_lens(op: str, seq_lens: torch.Tensor, batch: int, rows: int, capac
             f"{op}: `seq_lens` + {rows} new rows must lie in [0, {capacity}] (the cache length); got seq_lens in "
             f"[{low}, {high}]; grow the cache or shorten the context"
         )
+
+
+def check_window(op: str, window: object) -> None:
+    """``window``: 0 (none) or a positive sliding-window length."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        raise ValueError(f"{op}: `window` must be an int >= 0 (0 = no sliding window), got {window!r}")

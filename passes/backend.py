@@ -1,6 +1,6 @@
 """The torch.compile backend: run dustin's passes on the dynamo graph, then hand it to Inductor (or run it as is).
 
-Driver-owned state (``seq_lens``, ``indices``, tap buffers) becomes extra graph inputs; ``state_source`` is called at
+Driver-owned state (``indices``, tap buffers) becomes extra graph inputs; ``state_source`` is called at
 every invocation, so a graph compiled once serves every workspace (batch size / cache) of matching shape.
 """
 
@@ -14,7 +14,7 @@ import torch.fx as fx
 
 from .errors import PassError
 
-from .match import find_attention, node_value
+from .match import find_attention, layer_of, node_value
 from .report import PassReport
 from .rewrite import RewritePlan, RewriteRecord, add_state_inputs, clean_up, rewrite_attention
 from .taps import insert_taps
@@ -33,11 +33,12 @@ def run_passes(gm: fx.GraphModule, plan: RewritePlan, state: dict[str, torch.Ten
     """find → add state inputs → taps → rewrite → clean up → verify. Mutates ``gm``; returns the report."""
     matches, declined = find_attention(gm)
     report = PassReport(name)
-    report.records += [RewriteRecord(-1, n.name, "declined", why) for n, why in declined]
-    if strict and plan.attention != "keep" and not matches:
-        raise PassError(f"{name}: {NO_MATCH_HINT}\n{report.table()}")
-    if strict and declined and plan.attention != "keep":
-        raise PassError(f"{name}: some attention calls cannot be rewritten\n{report.table()}")
+    report.records += [RewriteRecord(layer_of(n, -1), n.name, "declined", why) for n, why in declined]
+    if strict and plan.attention != "keep":
+        if declined:
+            raise PassError(f"{name}: some attention calls cannot be rewritten\n{report.table()}")
+        if not matches:
+            raise PassError(f"{name}: {NO_MATCH_HINT}\n{report.table()}")
     replaced = matches if plan.attention != "keep" else []
     before = {m.node.name: (node_value(m.node).shape, node_value(m.node).dtype) for m in replaced}
     nodes = add_state_inputs(gm, {k: state[k] for k in plan.state_names()})

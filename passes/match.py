@@ -9,8 +9,11 @@ math). The variants a Hugging Face causal LM emits are normalised here in one pl
 |        | ``F.scaled_dot_product_attention``               | or the cache itself (no GQA / enable_gqa) |
 | export | ``aten.scaled_dot_product_attention.default``    | unsqueeze/expand/clone/view chains        |
 
-Masks: a bool mask broadcast over heads (``[B|1, 1, T, S]``, HF's decode/verify form over the whole static cache)
-or ``is_causal=True`` without a mask (HF's prefill form). Anything else is declined with a reason.
+Masks: only an SDPA call whose mask is the output of ``dustin::causal_mask(seq_lens, T, S, window)`` is matched —
+the driver's own mask, whose meaning (row t sees positions <= seq_lens + t, and > seq_lens + t - window) is exactly
+what ``dense_attention`` computes. The match records that op's ``seq_lens`` input and window, so the rewrite is
+equivalent by construction. Any other mask (a padding mask, a hand-made window, a random one, a float bias) and
+``is_causal=True`` are declined with a reason: the pass never replaces a mask it cannot prove.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+
+import dustin.kernels  # noqa: F401  (registers torch.ops.dustin.*)
 
 SDPA_TARGETS = {
     torch._C._nn.scaled_dot_product_attention: "dynamo",
@@ -38,6 +43,7 @@ FUSED_SDPA_TARGETS = {
     )
     if hasattr(torch.ops.aten, name)
 }
+CAUSAL_MASK = "dustin::causal_mask"  # the driver's mask (dustin.kernels.causal_mask)
 SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
 # Ops through which an un-repeated cache may flow into SDPA without changing its values.
@@ -72,8 +78,9 @@ class AttentionMatch:
     query: fx.Node
     key_cache: fx.Node
     value_cache: fx.Node
-    mask: fx.Node | None
-    mask_kind: str  # "bool" (mask broadcast over heads) or "causal" (is_causal=True, no mask)
+    mask: fx.Node  # the dustin::causal_mask node
+    seq_lens: fx.Node  # its seq_lens input: where each sequence's query rows start
+    window: int  # its sliding window (0 = none)
     scale: float | None
     level: str  # "dynamo" or "export"
     layer: int
@@ -164,6 +171,38 @@ def layer_of(node: fx.Node, fallback: int) -> int:
     return fallback
 
 
+def op_name(target: object) -> str | None:
+    """``"namespace::name"`` of an op overload or packet (dynamo records packets, export overloads; packets are
+    compared by name: the namespace may hand out a new packet object after more ops are registered)."""
+    packet = getattr(target, "overloadpacket", target)
+    return getattr(packet, "_qualified_op_name", None)
+
+
+def _causal_mask(args: dict, rows: int, cache_len: int) -> fx.Node | str:
+    """The ``dustin::causal_mask`` node masking this call, or why the mask is not provably the driver's."""
+    mask = args["attn_mask"]
+    if mask is None:
+        why = "is_causal=True" if args["is_causal"] else "no mask (bidirectional attention)"
+        return f"{why}: only attention masked by dustin's causal_mask op is rewritten"
+    if args["is_causal"]:
+        return "both a mask and is_causal=True"
+    if not isinstance(mask, fx.Node) or mask.op != "call_function" or op_name(mask.target) != CAUSAL_MASK:
+        value = node_value(mask)
+        what = f"a {value.dtype} mask" if value is not None else "a mask"
+        if value is not None and value.dtype != torch.bool:
+            what += " (additive/float masks, e.g. biases, are not rewritten)"
+        origin = mask.name if isinstance(mask, fx.Node) else repr(mask)
+        return (f"unsupported mask: {what} from `{origin}`, not dustin's causal_mask op: a padding, windowed or "
+                "custom mask cannot be proven equivalent; build it with dustin.kernels.causal_mask(seq_lens, rows, "
+                "capacity, window)")
+    if len(mask.args) != 4 or mask.kwargs:
+        return f"causal_mask called as {mask.format_node()}: expected (seq_lens, rows, capacity, window)"
+    _, mask_rows, mask_capacity, _ = mask.args
+    if (mask_rows, mask_capacity) != (rows, cache_len):
+        return f"causal_mask for {mask_rows} rows x {mask_capacity} positions masks a {rows} x {cache_len} call"
+    return mask
+
+
 def _check_match(node: fx.Node, args: dict, order: int, level: str) -> AttentionMatch | str:
     """A match record, or the reason this SDPA call cannot be rewritten."""
     if args["dropout_p"] not in (0, 0.0):
@@ -180,23 +219,12 @@ def _check_match(node: fx.Node, args: dict, order: int, level: str) -> Attention
         return f"query heads {qv.shape[1]} / head dim {qv.shape[3]} do not fit KV {tuple(kv.shape)}"
     if cache_root(k_src) is None or cache_root(v_src) is None:
         return "key/value do not come from a KV cache graph input (no static cache: prefill without cache?)"
-    mask = args["attn_mask"]
-    if mask is None:
-        if not args["is_causal"]:
-            return "no mask and is_causal=False (bidirectional attention)"
-        mask_kind = "causal"
-    else:
-        mv = node_value(mask)
-        if mv is None or mv.dtype != torch.bool:
-            return f"unsupported mask: {getattr(mv, 'dtype', 'unknown')} (additive/float masks, e.g. biases, are not rewritten)"
-        if mv.dim() != 4 or mv.shape[1] != 1 or mv.shape[-1] != kv.shape[2] or mv.shape[-2] != qv.shape[2]:
-            return f"unsupported mask shape {tuple(mv.shape)}: expected [B, 1, T, S] broadcast over heads"
-        if args["is_causal"]:
-            return "both a mask and is_causal=True"
-        mask_kind = "bool"
+    mask = _causal_mask(args, qv.shape[2], kv.shape[2])
+    if isinstance(mask, str):
+        return mask
     return AttentionMatch(
-        node=node, query=q, key_cache=k_src, value_cache=v_src, mask=mask, mask_kind=mask_kind,
-        scale=args["scale"], level=level, layer=layer_of(node, order), q_heads=qv.shape[1],
+        node=node, query=q, key_cache=k_src, value_cache=v_src, mask=mask, seq_lens=mask.args[0],
+        window=int(mask.args[3]), scale=args["scale"], level=level, layer=layer_of(node, order), q_heads=qv.shape[1],
         kv_heads=kv.shape[1], rows=qv.shape[2], cache_len=kv.shape[2],
     )
 

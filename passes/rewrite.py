@@ -1,9 +1,11 @@
 """Rewrite matched attention into dustin ops (``rewrite_attention``), and the graph plumbing it needs.
 
-The driver owns all selection state (``seq_lens``, ``indices``, tap buffers). A pass adds each as a new placeholder
-at the end of the graph's inputs (``add_state_inputs``); the backend appends the driver's tensors to every call, and
-``torch.export`` sees them as explicit inputs. Replacements call ``torch.ops.dustin.*`` overloads, which are never
-matchable, so a second run rewrites 0.
+The driver owns all selection state (``indices``, tap buffers). A pass adds each as a new placeholder at the end of
+the graph's inputs (``add_state_inputs``); the backend appends the driver's tensors to every call, and
+``torch.export`` sees them as explicit inputs. Where each sequence's rows start (``seq_lens``) and the sliding
+window come from the matched ``dustin::causal_mask`` node itself, so a replacement computes exactly what the masked
+SDPA computed. Replacements call ``torch.ops.dustin.*`` overloads, which are never matchable, so a second run
+rewrites 0.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class RewritePlan:
     window_attention: bool = False
 
     def state_names(self) -> tuple[str, ...]:
-        names = ["seq_lens"]
+        names = []
         if self.attention == "sparse":
             names.append("indices")
         if self.window_attention:
@@ -129,18 +131,18 @@ def rewrite_attention(
         name = m.node.name
         sparse = plan.attention == "sparse" and m.layer not in plan.dense_layers
         if sparse:
-            args = (m.query, m.key_cache, m.value_cache, state["indices"], state["seq_lens"], m.scale)
+            args = (m.query, m.key_cache, m.value_cache, state["indices"], m.seq_lens, m.scale, m.window)
             _replace(gm, m.node, ops.sparse_attention.default, args)
             action = "sparse"
         elif plan.window_attention:
-            args = (m.query, m.key_cache, m.value_cache, state["window_indices"], state["seq_lens"], m.scale)
+            args = (m.query, m.key_cache, m.value_cache, state["window_indices"], m.seq_lens, m.scale, m.window)
             _replace(gm, m.node, ops.sparse_attention.default, args)
             action = "window"
         else:
-            args = (m.query, m.key_cache, m.value_cache, state["seq_lens"], m.scale)
+            args = (m.query, m.key_cache, m.value_cache, m.seq_lens, m.scale, m.window)
             _replace(gm, m.node, ops.dense_attention.default, args)
             action = "dense" + (" (dense_layers)" if plan.attention == "sparse" else "")
-        result.records.append(RewriteRecord(m.layer, name, action))
+        result.records.append(RewriteRecord(m.layer, name, action, f"sliding window {m.window}" if m.window else ""))
         result.count += 1
     return result
 

@@ -51,8 +51,8 @@ def random_prompts(lengths: list[int], vocab: int = 128, seed: int = 0) -> list[
 
 
 def hf_greedy(model, ids, mask, max_new_tokens, eos_token_id=None, pad_token_id=0):
-    """transformers' own greedy generate. ``eos_token_id=None`` keeps the model's default eos (like dustin's
-    ``None``); ``[]`` disables it."""
+    """transformers' own greedy generate. ``eos_token_id=None`` (here: not passing it) keeps the model's default
+    eos; ``[]`` disables it (passed to transformers as an explicit ``None``)."""
     kwargs = {} if eos_token_id is None else {"eos_token_id": eos_token_id or None}
     with torch.no_grad():
         return model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,

@@ -42,16 +42,19 @@ def _group_rows(q: torch.Tensor, heads: list[int], kv_heads: int) -> list[tuple[
     return list(groups.items())
 
 
-def _logits_into(logits: torch.Tensor, q_rows: torch.Tensor, keys: torch.Tensor) -> None:
-    """logits [B, R, L] = q_rows [B, R, D] @ keys[B, L, D]ᵀ in fp32, converting reduced-precision keys by chunks."""
-    batch, length, dim = keys.shape
+def _logits_into(logits: torch.Tensor, q_rows: torch.Tensor, keys: torch.Tensor, lengths: list[int]) -> None:
+    """logits[b, :, :lengths[b]] = q_rows[b] [R, D] @ keys[b, :lengths[b]]ᵀ in fp32 (reduced-precision keys are
+    converted by chunks). Each row reads only its own length (a finished row, length 0, reads nothing); the rest of
+    ``logits`` is left as it was."""
+    dim = keys.shape[2]
     if keys.dtype == torch.float32:
-        torch.bmm(q_rows, keys.transpose(1, 2), out=logits)
+        for b, length in enumerate(lengths):
+            torch.mm(q_rows[b], keys[b, :length].t(), out=logits[b, :, :length])
         return
     step = max(256, CHUNK_BYTES // (4 * dim))
-    chunk = workspace("score_heads.k_chunk", (min(step, length), dim), torch.float32, keys.device)
+    chunk = workspace("score_heads.k_chunk", (min(step, keys.shape[1]), dim), torch.float32, keys.device)
     single = q_rows.shape[1] == 1  # one row: gemv, which skips the packing a 1-row gemm pays for
-    for b in range(batch):
+    for b, length in enumerate(lengths):
         for start in range(0, length, step):
             stop = min(start + step, length)
             part = chunk[: stop - start]
@@ -74,7 +77,8 @@ def score_heads_into_reference(
     batch, _, rows, dim = q.shape
     if batch == 0 or not heads:
         return
-    length = int(seq_lens.max())  # one host sync: nothing past the longest row is read
+    lengths = seq_lens.tolist()  # one host sync: each row reads only its own length
+    length = max(lengths)
     if length <= 0:
         return
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
@@ -86,7 +90,7 @@ def score_heads_into_reference(
         count = len(group_heads) * rows
         q_rows = q[:, group_heads].reshape(batch, count, dim).to(torch.float32) * scale  # small copy
         # bmm writes straight into the strided slice (its rows keep unit stride), no staging copy.
-        _logits_into(logits[:, first : first + count], q_rows, k_cache[:, group, :length])
+        _logits_into(logits[:, first : first + count], q_rows, k_cache[:, group, :length], lengths)
         first += count
 
     # Positions >= seq_lens[b] get -inf before the softmax; rows with seq_lens 0 are all -inf and zeroed at the end.

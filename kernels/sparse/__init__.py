@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .._common import FLOAT_DTYPES, INDEX_DTYPES, check_gqa, check_same_device, check_seq_lens, check_tensor
+from .._common import (FLOAT_DTYPES, INDEX_DTYPES, check_gqa, check_same_device, check_seq_lens, check_tensor,
+                       check_window)
 from .reference import sparse_attention_reference
 
 __all__ = ["sparse_attention", "sparse_attention_reference"]
@@ -24,19 +25,20 @@ def _sparse_attention_op(
     indices: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
-    return sparse_attention_reference(q, k_cache, v_cache, indices, seq_lens, scale)
+    return sparse_attention_reference(q, k_cache, v_cache, indices, seq_lens, scale, window)
 
 
 @_sparse_attention_op.register_kernel("cuda")
-def _(q, k_cache, v_cache, indices, seq_lens, scale=None):
+def _(q, k_cache, v_cache, indices, seq_lens, scale=None, window=0):
     from .triton import sparse_attention_triton
 
-    return sparse_attention_triton(q, k_cache, v_cache, indices, seq_lens, scale)
+    return sparse_attention_triton(q, k_cache, v_cache, indices, seq_lens, scale, window)
 
 
 @_sparse_attention_op.register_fake
-def _(q, k_cache, v_cache, indices, seq_lens, scale=None):
+def _(q, k_cache, v_cache, indices, seq_lens, scale=None, window=0):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
@@ -70,9 +72,11 @@ def sparse_attention(
     indices: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     """Attention of ``q [B, Hq, T, D]`` over the cached positions ``indices [B, K]`` (-1 = padding) plus the T new
     rows at ``seq_lens[b] ..`` (causal), with ``k_cache, v_cache [B, Hkv, S_max, D]``; returns ``[B, Hq, T, D]``.
+    ``window`` > 0 restricts row t to positions > seq_lens[b] + t - window (a sliding-window layer).
 
     Inputs are validated in eager mode (skipped while compiling); see ``reference.py`` for the full contract.
     """
@@ -98,4 +102,5 @@ def sparse_attention(
         if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
             raise ValueError(f"{_OP}: `scale` must be a positive float or None (1/sqrt(D)), got {scale!r}")
         scale = None if scale is None else float(scale)
-    return torch.ops.dustin.sparse_attention(q, k_cache, v_cache, indices, seq_lens, scale)
+        check_window(_OP, window)
+    return torch.ops.dustin.sparse_attention(q, k_cache, v_cache, indices, seq_lens, scale, window)

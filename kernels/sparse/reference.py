@@ -10,6 +10,8 @@ Contract (the spec of ``dustin::sparse_attention``; the Triton kernel implements
     seq_lens  [B]                 cache position where row b's T new tokens start; they are ALREADY written at
                                   seq_lens[b] .. seq_lens[b] + T - 1
     scale     float | None        softmax scale, default 1 / sqrt(D)
+    window    int                 0, or a sliding window W: row t then sees only positions > seq_lens[b] + t - W
+                                  (the selection and the new rows alike), as in a sliding-window layer
     out       [B, Hq, T, D]       q's dtype: row t attends to {indices[b]} ∪ {seq_lens[b] .. seq_lens[b] + t}
 
 Softmax and accumulation are fp32 (SDPA's CPU kernel accumulates reduced precision in fp32).
@@ -93,6 +95,14 @@ def _gather(
     return ids
 
 
+def _cut_to_window(mask: torch.Tensor, positions: torch.Tensor, first_new: torch.Tensor, window: int, groups: int,
+                   rows: int) -> None:
+    """Hide from packed row g*T + t every column whose position is <= seq_lens + t - window (in place)."""
+    row_pos = first_new + cached_arange(rows, positions.device)  # [B, T]
+    hidden = positions[:, None, :] <= (row_pos - window)[:, :, None]  # [B, T, W]
+    mask.masked_fill_(hidden.repeat(1, groups, 1)[:, None], float("-inf"))
+
+
 def sparse_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -100,6 +110,7 @@ def sparse_attention_reference(
     indices: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float | None = None,
+    window: int = 0,
 ) -> torch.Tensor:
     """Attention of ``q``'s T rows over ``indices`` ∪ causal new rows (see the module docstring for the contract)."""
     batch, q_heads, rows, dim = q.shape
@@ -130,6 +141,8 @@ def sparse_attention_reference(
     pad[:, :selected].masked_fill_(missing, float("-inf"))
     mask = workspace("sparse_attention.mask", (batch, 1, groups * rows, width), q.dtype, q.device)
     torch.add(pad.view(batch, 1, 1, width), _causal_template(groups, rows, selected, q.dtype, q.device), out=mask)
+    if window:
+        _cut_to_window(mask, positions, first_new, window, groups, rows)
 
     packed_q = q.reshape(batch, kv_heads, groups * rows, dim)  # a view for the usual contiguous q
     out = F.scaled_dot_product_attention(packed_q, keys, values, attn_mask=mask, scale=scale)

@@ -22,7 +22,7 @@ from .._triton_common import check_launchable, interpreting, next_pow2, scratch
 def _sparse_attention_kernel(
     Q, K, V, IDX, SEQ, OUT, PART_O, PART_LSE,
     sqb, sqh, sqt, sqd, skb, skh, sks, skd, svb, svh, svs, svd, sib, sik, sob, soh, sot, sod,
-    n_selected, cols_per_split, n_splits, scale_log2,
+    n_selected, cols_per_split, n_splits, scale_log2, window,
     GROUPS: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, DIRECT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -59,6 +59,8 @@ def _sparse_attention_kernel(
             k = k.to(tl.float32)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         visible = col_ok[None, :] & (is_sel[None, :] | (new[None, :] <= t[:, None]))
+        # A sliding-window layer: row t (at position seq + t) sees positions > seq + t - window only.
+        visible &= (window == 0) | (pos[None, :] > (seq + t)[:, None] - window)
         qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # an all-masked block must not make NaNs
@@ -124,6 +126,7 @@ def sparse_attention_triton(
     indices: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float | None = None,
+    window: int = 0,
     *,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
@@ -154,7 +157,7 @@ def sparse_attention_triton(
     _sparse_attention_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, indices, seq_lens, out, part_o, part_lse,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *indices.stride(), *out.stride(),
-        selected, cols_per_split, splits, scale * math.log2(math.e),
+        selected, cols_per_split, splits, scale * math.log2(math.e), window,
         GROUPS=groups, ROWS=rows, HEAD_DIM=dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         UPCAST=upcast, DIRECT=splits == 1, DOT_PRECISION="ieee" if upcast else "tf32",
     )

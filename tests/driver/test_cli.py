@@ -22,6 +22,9 @@ def _saved_pair(tmp_path):
     """A tiny (target, draft) pair saved as local checkpoints: (tokenizer, target, draft, target_dir, draft_dir)."""
     tokenizer = word_tokenizer()
     target, draft = tiny_model("qwen2", seed=0), tiny_model("qwen2", seed=1, num_hidden_layers=1)
+    # This random target's first choice after the test prompts is eos, which would make every continuation empty
+    # (a comparison that cannot fail): a zero eos row keeps it from winning the argmax.
+    target.lm_head.weight.data[target.config.eos_token_id] = 0
     return (tokenizer, target, draft, _save(tmp_path / "target", target, tokenizer),
             _save(tmp_path / "draft", draft, tokenizer))
 
@@ -39,12 +42,14 @@ def test_generate_end_to_end(tmp_path):
     result = _cli("generate", "--target", t_dir, "--draft", d_dir, "--prompt-file", str(prompt_file),
                   "--max-new-tokens", "12", "--gamma", "3", "--backend", "eager", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    tokenizer = AutoTokenizer.from_pretrained(t_dir)  # what the CLI tokenizes with (after a save/load round trip)
     ids = tokenizer("the quick brown fox", return_tensors="pt").input_ids
     with torch.no_grad():
         expected = target.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
     text = tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+    assert expected.shape[1] == ids.shape[1] + 12 and len(text) >= 12  # a real continuation, no early eos
     assert text in result.stdout  # streamed text == the target's own greedy continuation
-    assert "tau (tokens / target pass)" in result.stderr and "prefill" in result.stderr
+    assert "tau (tokens / verification)" in result.stderr and "prefill" in result.stderr
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -70,7 +75,9 @@ def test_generate_exact_mode_with_profile(tmp_path):
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         expected = target.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)
-    assert tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True) in result.stdout
+    text = tokenizer.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+    assert expected.shape[1] == ids.shape[1] + 10 and len(text) >= 10  # a real continuation, no early eos
+    assert text in result.stdout
     assert "no calibration profile" not in result.stderr
 
 

@@ -72,12 +72,6 @@ def test_attention_implementation(target):
         dustin.compile(target, eager)
 
 
-def test_sliding_window_layers_are_refused(target):
-    sliding = tiny_model("qwen2", seed=1, use_sliding_window=True, sliding_window=16, max_window_layers=0)
-    with pytest.raises(dustin.ModelPairError, match=r"sliding"):
-        dustin.compile(target, sliding)
-
-
 def test_dtype_and_device_mismatch(target):
     half = tiny_model("llama", seed=1, dtype=torch.bfloat16)
     with pytest.raises(dustin.ModelPairError, match=r"target dtype torch.float32 differs from draft dtype torch.bfloat16"):

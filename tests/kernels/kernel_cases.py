@@ -42,17 +42,18 @@ def make_attention_case(
     return q, k, v, indices.to(index_dtype), seq_lens.to(index_dtype)
 
 
-def visible_mask(indices: torch.Tensor, seq_lens: torch.Tensor, rows: int, capacity: int) -> torch.Tensor:
-    """Bool [B, T, S]: built by loops over rows (an independent construction from the kernels' packed masks)."""
+def visible_mask(indices: torch.Tensor, seq_lens: torch.Tensor, rows: int, capacity: int,
+                 window: int = 0) -> torch.Tensor:
+    """Bool [B, T, S]: built by loops over rows (an independent construction from the kernels' packed masks). With a
+    sliding ``window``, row t (at position start + t) keeps only positions > start + t - window."""
     batch = indices.shape[0]
     mask = torch.zeros(batch, rows, capacity, dtype=torch.bool)
     for b in range(batch):
         start = int(seq_lens[b])
         for t in range(rows):
-            for pos in indices[b].tolist():
-                if pos >= 0:
+            for pos in indices[b].tolist() + list(range(start, start + t + 1)):
+                if pos >= 0 and (not window or pos > start + t - window):
                     mask[b, t, pos] = True
-            mask[b, t, start : start + t + 1] = True
     return mask
 
 

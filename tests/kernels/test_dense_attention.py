@@ -6,20 +6,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dustin.kernels import dense_attention
+from dustin.kernels import causal_mask, dense_attention
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
        torch.float16: dict(atol=2e-3, rtol=2e-3)}
 
 
-def _stock(q, k, v, seq_lens):
+def _loop_mask(seq_lens, rows, capacity, window=0):
+    """transformers' causal (and sliding-window) mask, position by position: kv <= q and kv > q - window."""
+    mask = torch.zeros(len(seq_lens), 1, rows, capacity, dtype=torch.bool)
+    for b, start in enumerate(seq_lens.tolist()):
+        for t in range(rows):
+            for j in range(capacity):
+                mask[b, 0, t, j] = j <= start + t and (not window or j > start + t - window)
+    return mask
+
+
+def _stock(q, k, v, seq_lens, window=0):
     """transformers' sdpa path for q_len > 1: repeat_kv copies, and a bool mask built position by position."""
     batch, q_heads, rows, _ = q.shape
     groups = q_heads // k.shape[1]
-    mask = torch.zeros(batch, 1, rows, k.shape[2], dtype=torch.bool)
-    for b in range(batch):
-        for t in range(rows):
-            mask[b, 0, t, : int(seq_lens[b]) + t + 1] = True
+    mask = _loop_mask(seq_lens, rows, k.shape[2], window)
     k_rep = k.repeat_interleave(groups, dim=1)
     v_rep = v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q.float(), k_rep.float(), v_rep.float(), attn_mask=mask)
@@ -39,6 +46,27 @@ def test_matches_stock_sdpa(dtype, q_heads, kv_heads, rows, dim):
     torch.testing.assert_close(out.float(), _stock(q, k, v, seq_lens), **TOL[dtype])
 
 
+@pytest.mark.parametrize("window", [1, 4, 30, 200])
+def test_sliding_window_matches_stock_sdpa_and_the_mask_op(window):
+    g = torch.Generator().manual_seed(window)
+    seq_lens = torch.tensor([17, 0, 17, 62])  # rows sharing a start, not side by side
+    q = torch.randn(4, 8, 5, 32, generator=g)
+    k, v = torch.randn(4, 2, 80, 32, generator=g), torch.randn(4, 2, 80, 32, generator=g)
+    torch.testing.assert_close(dense_attention(q, k, v, seq_lens, window=window), _stock(q, k, v, seq_lens, window),
+                               **TOL[torch.float32])
+    assert torch.equal(causal_mask(seq_lens, 5, 80, window), _loop_mask(seq_lens, 5, 80, window))
+    assert torch.equal(causal_mask(seq_lens, 5, 80), _loop_mask(seq_lens, 5, 80))
+
+
+def test_a_finished_row_reads_nothing_but_its_rows():
+    """seq_lens 0 (the driver's finished rows): only positions 0 .. t are read, whatever the rest holds."""
+    q, k, v = torch.randn(2, 4, 3, 16), torch.randn(2, 2, 40, 16), torch.randn(2, 2, 40, 16)
+    seq_lens = torch.tensor([0, 30])
+    clean = dense_attention(q, k, v, seq_lens)
+    k[0, :, 3:], v[0, :, 3:] = float("nan"), float("nan")
+    torch.testing.assert_close(dense_attention(q, k, v, seq_lens), clean)
+
+
 def test_reads_nothing_past_each_row():
     """Positions after seq_lens + t do not contribute: huge values there change nothing. (They hold finite K/V of
     earlier forwards in the driver's cache; SDPA, like any masked kernel, would spread NaN from masked keys.)"""
@@ -55,6 +83,10 @@ def test_reads_nothing_past_each_row():
 def test_opcheck_and_bad_inputs():
     q, k = torch.randn(2, 4, 3, 16), torch.randn(2, 2, 40, 16)
     torch.library.opcheck(torch.ops.dustin.dense_attention.default, (q, k, k.clone(), torch.tensor([3, 9]), None))
+    torch.library.opcheck(torch.ops.dustin.dense_attention.default, (q, k, k.clone(), torch.tensor([3, 9]), 0.3, 5))
+    torch.library.opcheck(torch.ops.dustin.causal_mask.default, (torch.tensor([3, 9]), 3, 40, 4))
+    with pytest.raises(ValueError, match=r"`window` must be an int >= 0"):
+        dense_attention(q, k, k, torch.tensor([3, 9]), window=-1)
     with pytest.raises(ValueError, match=r"`q` has 3 heads, not a multiple of the 2 KV heads"):
         dense_attention(torch.randn(2, 3, 3, 16), k, k, torch.tensor([3, 9]))
     with pytest.raises(ValueError, match=r"`seq_lens` \+ 3 new rows must lie in \[0, 40\]"):

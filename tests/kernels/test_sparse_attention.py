@@ -56,6 +56,18 @@ def test_budget_covering_context_is_dense_causal(length, ratio, rows, dtype):
     torch.testing.assert_close(out.double(), want, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("window", [1, 3, 37, 5000])
+def test_sliding_window_hides_what_it_should(window, dtype):
+    """A sliding-window layer: row t sees selected and new positions > seq_lens + t - window only."""
+    q, k, v, indices, seq_lens = make_attention_case(3, 8, 2, 64, 5, [300, 40, 2], 64, dtype, seed=window)
+    k, v = _poison_unread(k, v, indices, seq_lens, 5)  # selected but out of the window: read, must not count
+    visible = visible_mask(indices, seq_lens, 5, k.shape[2], window)
+    out = sparse_attention(q, k, v, indices, seq_lens, window=window)
+    torch.testing.assert_close(out.double(), attention_oracle(q, k.nan_to_num(), v.nan_to_num(), visible),
+                               **TOL[dtype])
+
+
 def test_padding_anywhere_equals_padding_at_end():
     q, k, v, indices, seq_lens = make_attention_case(3, 8, 2, 64, 5, [300, 200, 20], 64, seed=3)
     at_end = indices.sort(dim=1, descending=True).values  # -1 sorts last
@@ -117,9 +129,11 @@ def test_triton_matches_reference(lens, dim, ratio, rows, budget, splits, dtype)
 
     q, k, v, indices, seq_lens = make_attention_case(2, 2 * ratio, 2, dim, rows, lens, budget, dtype, seed=dim)
     k, v = _poison_unread(k, v, indices, seq_lens, rows)
-    want = sparse_attention_reference(q, k, v, indices, seq_lens)
+    window = (0, 7)[budget % 2]  # every other shape runs a sliding window
+    want = sparse_attention_reference(q, k, v, indices, seq_lens, None, window)
     out = torch.full_like(q, float("nan"))  # unwritten output tiles fail the comparison
-    got = sparse_attention_triton(q, k, v, indices.int(), seq_lens.int(), num_splits=splits, out=out)
+    got = sparse_attention_triton(q, k, v, indices.int(), seq_lens.int(), None, window, num_splits=splits,
+                                  out=out)
     assert got.data_ptr() == out.data_ptr()
     assert got.dtype == dtype and got.shape == q.shape
     torch.testing.assert_close(got.double(), want.double(), **TOL[dtype])

@@ -190,3 +190,33 @@ def test_finished_rows_read_no_cached_keys(pair):
         model.generate(ids, mask, max_new_tokens=16, eos_token_id=eos)
     finished = [(active, indices) for active, indices in snapshots if not bool(active[1])]
     assert finished and all(bool((indices[1] == -1).all()) for _, indices in finished)
+
+
+@pytest.mark.parametrize("mode", ["dense", "exact"])
+def test_finished_rows_read_no_cache_in_any_role(pair, mode):
+    """After a row stops, every forward (drafts, verifications, exact checks) gives it seq_lens 0, the draft's
+    window and score taps nothing to read; rows with provisional tokens left are still read in full (exact)."""
+    from dustin.driver import Generation
+
+    prompts = random_prompts(PROMPTS, seed=24)
+    ids, mask = left_padded(prompts)
+    free = hf_greedy(pair[0], ids, mask, 16, eos_token_id=[])
+    eos = int(free[1, ids.shape[1] + 1])  # row 1 stops after 2 tokens
+    seen = []
+    original = Generation.forward
+
+    def spy(self, role, tokens, pos):
+        out = original(self, role, tokens, pos)
+        seen.append((role, self.settled().clone(), self.state.seq_lens.clone(), pos[:, 0].clone()))
+        return out
+
+    model = dustin.compile(*pair, mode=mode, draft_kv="window", draft_window=8, **{**SMALL, "exact_every": 4})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Generation, "forward", spy)
+        out = model.generate(ids, mask, max_new_tokens=16, eos_token_id=eos)
+    assert torch.equal(out.sequences, hf_greedy(pair[0], ids, mask, 16, eos_token_id=eos))
+    roles = {role for role, settled, _, _ in seen if bool(settled.any())}
+    assert {"draft_1", "verify"} <= roles and (mode == "dense" or "check" in roles or "verify" in roles)
+    for role, settled, seq_lens, start in seen:
+        assert bool((seq_lens[settled] == 0).all()), role
+        assert torch.equal(seq_lens[~settled], start[~settled]), role

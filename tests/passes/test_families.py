@@ -42,7 +42,7 @@ def test_sparse_verify_logits_equal_dense_when_the_budget_covers_the_context(fam
             captured.append(self.reports[-1])
             return run
 
-    backend = Keep(RewritePlan(attention="sparse"), lambda: {"seq_lens": seq_lens, "indices": indices},
+    backend = Keep(RewritePlan(attention="sparse"), lambda: {"indices": indices},
                    name="verify", inductor=False)
     torch._dynamo.reset()
     with torch.no_grad():

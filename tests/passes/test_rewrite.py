@@ -10,7 +10,7 @@ from dustin.cache import RowCache
 from dustin.passes import RewritePlan, find_attention, rewrite_attention, run_passes, verify_graph
 from dustin.passes.match import SDPA_TARGETS
 from helpers import tiny_model
-from test_match import B, S, T, capture, verify_inputs
+from test_match import B, S, T, capture, stock_step, verify_inputs
 
 
 def _targets(gm) -> list[str]:
@@ -30,15 +30,16 @@ def captured():
 
 def test_dense_rewrite_matches_the_model_and_is_idempotent(captured):
     gm, args, reference = captured
-    seq_lens = args[1][:, 0].clone()
-    report = run_passes(gm, RewritePlan(attention="dense"), {"seq_lens": seq_lens}, "verify")
+    report = run_passes(gm, RewritePlan(attention="dense"), {}, "verify")
     assert report.rewritten == 3 and report.count("dense") == 3
     assert not any(n.target in SDPA_TARGETS for n in gm.graph.nodes)
     assert _targets(gm).count("dustin.dense_attention.default") == 3
     repeated = [n for n in gm.graph.nodes if tuple(getattr(n.meta.get("example_value"), "shape", ())) == (B, 4, S, 16)]
     assert repeated == []  # no [B, Hq, S, D] tensor left: repeat_kv's copies went with the SDPA calls
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    assert placeholders[-1].target == "dustin_seq_lens"
+    assert not any(p.target.startswith("dustin_") for p in placeholders)  # a dense plan reads no driver state
+    # the masks went with the SDPA calls: nothing builds them any more
+    assert "dustin.causal_mask.default" not in _targets(gm)
     assert report.table().splitlines()[0] == "verify: 3 attention node(s) rewritten, 0 declined"
     # a second run finds nothing left to rewrite
     matches, declined = find_attention(gm)
@@ -51,12 +52,10 @@ def test_rewritten_graph_computes_the_same_logits(captured):
     from dustin.passes import DustinBackend
 
     _, args, reference = captured
-    seq_lens = args[1][:, 0].clone()
     model = tiny_model("qwen2", num_hidden_layers=3)  # same seed: same weights, fresh zero cache
     cache = RowCache.for_model(model, B, S)
     step, _ = verify_inputs(model, cache)
-    backend = DustinBackend(RewritePlan(attention="dense"), lambda: {"seq_lens": seq_lens}, name="verify",
-                            inductor=False)
+    backend = DustinBackend(RewritePlan(attention="dense"), lambda: {}, name="verify", inductor=False)
     torch._dynamo.reset()
     with torch.no_grad():
         out = torch.compile(step, backend=backend, fullgraph=True, dynamic=False)(*args)
@@ -68,7 +67,7 @@ def test_verify_graph_names_the_pass_and_node(captured):
     gm, args, _ = captured
     matches, _ = find_attention(gm)
     before = {m.node.name: (m.node.meta["example_value"].shape, m.node.meta["example_value"].dtype) for m in matches}
-    run_passes(gm, RewritePlan(attention="dense"), {"seq_lens": args[1][:, 0].clone()}, "verify")
+    run_passes(gm, RewritePlan(attention="dense"), {}, "verify")
     wrong = {name: (torch.Size([1, 2, 3]), dtype) for name, (shape, dtype) in before.items()}
     with pytest.raises(PassError, match=r"verify: node .* \(replacing attn_output.*\) gives \(2, 4, 5, 16\)"):
         verify_graph(gm, wrong, "verify")
@@ -81,7 +80,7 @@ def test_verify_graph_names_the_pass_and_node(captured):
 
 def test_plan_keep_leaves_attention_and_reports_it(captured):
     gm, args, _ = captured
-    report = run_passes(gm, RewritePlan(attention="keep"), {"seq_lens": args[1][:, 0].clone()}, "verify")
+    report = run_passes(gm, RewritePlan(attention="keep"), {}, "verify")
     assert report.rewritten == 0 and report.count("kept") == 3
     assert sum(n.target in SDPA_TARGETS for n in gm.graph.nodes) == 3
 
@@ -90,7 +89,7 @@ def test_plan_keep_leaves_attention_and_reports_it(captured):
 def test_export_level_rewrite_with_state_as_explicit_inputs(budget):
     """The pass on a ``torch.export`` graph (aten level): the state tensors become explicit inputs, and the sparse
     verification equals the stock model run with a mask that hides every unselected committed position."""
-    from dustin.cache import causal_mask
+    from dustin.kernels import causal_mask
 
     model = tiny_model("llama")
     cache = RowCache.for_model(model, B, S)
@@ -107,25 +106,25 @@ def test_export_level_rewrite_with_state_as_explicit_inputs(budget):
         indices[b, : len(chosen)] = chosen
 
     class Verify(torch.nn.Module):
-        def forward(self, input_ids, position_ids, attention_mask):
-            return step(input_ids, position_ids, attention_mask)
+        def forward(self, input_ids, position_ids, seq_lens):
+            return step(input_ids, position_ids, seq_lens)
 
     gm = torch.export.export(Verify(), args, strict=False).module()
-    report = run_passes(gm, RewritePlan(attention="sparse"), {"indices": indices, "seq_lens": seq_lens}, "verify")
+    report = run_passes(gm, RewritePlan(attention="sparse"), {"indices": indices}, "verify")
     assert report.rewritten == model.config.num_hidden_layers
     assert not any(n.target in SDPA_TARGETS for n in gm.graph.nodes)
     state_inputs = [n.target for n in gm.graph.nodes if n.op == "placeholder"][len(args):]
-    assert sorted(state_inputs) == ["dustin_indices", "dustin_seq_lens"]
-    state = {"dustin_indices": indices, "dustin_seq_lens": seq_lens}
+    assert state_inputs == ["dustin_indices"]
+    state = {"dustin_indices": indices}
     with torch.no_grad():  # the exported module checks its original signature: run the graph directly
         out = torch.fx.Interpreter(gm).run(*args, *(state[name] for name in state_inputs))
 
-    visible = causal_mask(pos, S).clone()
+    visible = causal_mask(seq_lens, T, S).clone()
     for b in range(B):
         hidden = torch.ones(S, dtype=torch.bool)
         hidden[int(seq_lens[b]):] = False  # the new tokens stay visible (causally)
         hidden[indices[b][indices[b] >= 0]] = False
         visible[b, :, :, hidden] = False
     with torch.no_grad():
-        reference = step(ids, pos, visible)
+        reference = stock_step(model, cache)(ids, pos, visible)
     torch.testing.assert_close(out, reference, atol=2e-5, rtol=1e-4)
