@@ -175,14 +175,24 @@ def resolve(model, given: dict) -> GenerateArgs:
 
 
 def _warn_unsupported(configs, do_sample: bool) -> None:
-    """Settings of the generation configs that transformers' generate would act on and dustin cannot."""
-    active = []
+    """Settings of the generation configs that transformers' generate would act on and dustin cannot: refused when
+    the caller passed them (an explicit request dustin would not honour), a warning when they come from the
+    checkpoint's own generation_config (e.g. Qwen2.5-Instruct's repetition_penalty=1.05, which would otherwise make
+    every call fail)."""
+    active, requested = [], []
     for key, inactive in _UNSUPPORTED.items():
         if key in _SAMPLING_ONLY and not do_sample:
             continue
         value, source = _configured(configs, key)
         if value is not None and not inactive(value):
             active.append(f"{key}={value!r} ({source})")
+            if source == "`generation_config`":
+                requested.append(key)
+    if requested:
+        raise ValueError(
+            f"`generation_config` sets {', '.join(requested)}, which dustin does not implement (its output would "
+            "differ from transformers' generate): unset them or set neutral values"
+        )
     if active:
         warnings.warn(
             f"dustin: ignoring {', '.join(active)}: not implemented by dustin, so its output differs from "

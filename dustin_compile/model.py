@@ -18,7 +18,8 @@ from .sampling import Sampling
 from .selectors import LOOKAHEAD_SELECTORS
 from .state import CacheStore, DecodeState
 from .steps import StepGraph
-from .validate import check_dense_layers, check_pair, prompts_from, vocab_size
+from .errors import ModelPairError
+from .validate import check_dense_layers, check_pair, longrope_limit, prompts_from, vocab_size
 
 TARGET_ROLES = ("prefill_target", "verify", "verify_dense", "verify_oracle", "check", "observe")
 
@@ -232,6 +233,14 @@ class DustinModel:
         needed = longest + max_new_tokens + ahead
         if longest > 1:
             needed = max(needed, sum(prefill_chunks(longest - 1, cfg.prefill_chunk)[-1]))
+        limit = min((n for n in map(longrope_limit, (self.target, self.draft)) if n is not None), default=None)
+        if limit is not None and needed > limit:
+            raise ModelPairError(
+                f"longrope: this call touches {needed} cache positions (longest prompt {longest} + max_new_tokens "
+                f"{max_new_tokens} + {ahead} of lookahead), past original_max_position_embeddings={limit}, where "
+                "transformers switches every position of a forward to the long factors depending on how the forward "
+                "is cut: dustin cannot reproduce that. Shorten the prompt or max_new_tokens"
+            )
         if cfg.max_length is not None and needed > cfg.max_length:
             raise ValueError(
                 f"longest prompt ({longest}) + max_new_tokens ({max_new_tokens}) + {ahead} positions of lookahead "

@@ -34,6 +34,40 @@ def check_model(model: object, name: str) -> None:
             f"attn_implementation='sdpa' (or call {name}.set_attn_implementation('sdpa'))"
         )
     mask_spec(model, name)  # refuses layer kinds dustin cannot run; sliding windows are honoured
+    check_rope(model, name)
+
+
+def rope_parameters(model: torch.nn.Module) -> list[dict]:
+    """The RoPE parameter sets of a transformers 5.x config (one, or one per layer type)."""
+    params = getattr(model.config, "rope_parameters", None) or {}
+    if "rope_type" in params or "rope_theta" in params:
+        return [params]
+    return [p for p in params.values() if isinstance(p, dict)]
+
+
+def check_rope(model: torch.nn.Module, name: str) -> None:
+    """``dynamic`` RoPE recomputes its frequencies in a data-dependent branch on the longest position each forward
+    sees: a compiled dustin step cannot hold that branch, and its forwards see other lengths than transformers'
+    generate, so the output could differ. (``longrope`` is checked per call: ``longrope_limit``.)"""
+    for params in rope_parameters(model):
+        if params.get("rope_type") == "dynamic":
+            raise ModelPairError(
+                f"`{name}` uses rope_type 'dynamic' (dynamic NTK scaling), whose frequencies depend on the longest "
+                "position each forward sees; dustin's compiled steps cannot reproduce transformers' choice. Use the "
+                "checkpoint with a static RoPE (e.g. rope_type 'default', 'linear', 'yarn' or 'llama3')"
+            )
+
+
+def longrope_limit(model: torch.nn.Module) -> int | None:
+    """For ``longrope``: the length up to which every forward uses the short factors (transformers switches all of
+    a forward's positions to the long factors once its longest position exceeds it). Within it dustin's steps and
+    transformers' generate compute the same frequencies; past it they would pick differently, so a call must stay
+    within it. None for other RoPE types."""
+    limits = [params.get("original_max_position_embeddings")
+              or getattr(model.config, "original_max_position_embeddings", None)
+              for params in rope_parameters(model) if params.get("rope_type") == "longrope"]
+    limits = [int(limit) for limit in limits if limit]
+    return min(limits) if limits else None
 
 
 def vocab_size(model: torch.nn.Module) -> int:

@@ -288,6 +288,15 @@ def test_unimplemented_model_settings_warn(target, model):
             model.generate(IDS, MASK, max_new_tokens=2)
 
 
+def test_unimplemented_settings_passed_by_the_caller_are_refused(model):
+    """Passed explicitly, a setting dustin cannot honour is an error, not a warning: nothing is generated."""
+    from transformers import GenerationConfig
+
+    with pytest.raises(ValueError, match=r"`generation_config` sets repetition_penalty, num_beams, which dustin"):
+        model.generate(IDS, MASK, generation_config=GenerationConfig(max_new_tokens=2, repetition_penalty=1.2,
+                                                                     num_beams=2))
+
+
 # ---- dustin.compile refuses before it changes anything -----------------------------------------------------------
 def _snapshot(model):
     if not isinstance(model, torch.nn.Module):
