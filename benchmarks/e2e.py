@@ -2,6 +2,9 @@
 
     python benchmarks/e2e.py --context 4096 --batch 1 --new-tokens 64
 
+Without ``--target``/``--draft`` it runs dustin.assets' default pair (fetched and converted once, then cached) with
+the calibrated profile shipped for it.
+
 Arms: ``ar`` (target alone, dense, the best dense path), ``sparse-ar`` (target alone, sparse attention
 with history scores), ``dense`` (classic speculative decoding), ``sparse`` (Dustin), ``exact``, ``guarded``,
 ``sparse:<selector>`` (a selector baseline at the same budget), ``hf-ar`` / ``hf-assisted`` (transformers' own
@@ -25,30 +28,42 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
+from dustin import assets  # noqa: E402
 from dustin.flags import add_config_arguments, config_overrides  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
-REAL_PAIR = os.path.expanduser("~/.cache/dustin-real-pair")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default=os.path.join(REAL_PAIR, "target"))
-    p.add_argument("--draft", default=os.path.join(REAL_PAIR, "draft"))
+    p.add_argument("--target", help=f"target checkpoint directory [dustin.assets' {assets.DEFAULT_PAIR}]")
+    p.add_argument("--draft", help="draft checkpoint directory [the default pair's, with --target unset]")
     p.add_argument("--context", type=int, nargs="+", default=[4096])
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per arm after warm-up; the median is reported")
     p.add_argument("--arms", default="ar,sparse-ar,dense,sparse,exact,guarded")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    p.add_argument("--profile", default=None, help="calibration profile JSON (default: the documented default)")
+    p.add_argument("--profile", help="calibration profile JSON, or 'none' for dustin's default score heads [the "
+                                     "default pair's shipped profile; with --target/--draft: none]")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     add_config_arguments(p, ("gamma", "budget", "n_sink", "window", "exact_every", "min_recovery", "draft_kv",
                              "backend", "draft_window", "m", "dense_layers"))
     args = p.parse_args()
+    if (args.target is None) != (args.draft is None):
+        p.error("give both --target and --draft, or neither (dustin.assets' default pair)")
     args.config = dustin.DustinConfig(**config_overrides(args))  # DustinConfig's defaults for what is not given
     return args
+
+
+def resolve_pair(args) -> None:
+    """Fill in the default pair's directories (fetched and converted on the first run only) and its profile."""
+    if args.target is None:
+        args.target, args.draft = map(str, assets.pair_dirs())
+        args.profile = args.profile or assets.pair_profile()
+    if args.profile == "none":
+        args.profile = None
 
 
 def load(args):
@@ -109,6 +124,7 @@ def main() -> int:
     args = parse()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
+    resolve_pair(args)
     target, draft, tokenizer = load(args)
     profile = dustin.DustinProfile.load(args.profile) if args.profile else None
     rows = []

@@ -1,4 +1,5 @@
-"""``python -m dustin``: generate with a local checkpoint pair, or run the demo on small models built from configs."""
+"""``python -m dustin``: generate with a local checkpoint pair, calibrate a profile, run the demo (the main job), or
+evaluate a pair (fidelity, free-running, needle retrieval)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 import torch
 
 from .config import DustinConfig
+from .demo import add_demo_arguments, run_demo
+from .evaluate import add_eval_arguments, run_eval
 from .flags import add_config_arguments, config_overrides
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": None}
@@ -46,12 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--windows", type=int, default=8, help="verification windows recorded per text")
     cal.add_argument("--dtype", choices=tuple(DTYPES), default="auto")
     add_config_arguments(cal, ("gamma", "budget", "n_sink", "window"))
-    demo = sub.add_parser("demo", help="dense vs sparse on small models built from configs (no downloads)")
-    demo.add_argument("--context", type=int, default=1024, help="prompt length in tokens")
-    demo.add_argument("--max-new-tokens", type=int, default=64)
-    demo.add_argument("--batch", type=int, default=2)
+    demo = sub.add_parser("demo", help="the main job: ar, dense, sparse and exact on a real pair and a long passage "
+                                        "(--tiny: small random models, no downloads)")
+    add_demo_arguments(demo)
     add_config_arguments(demo)
-    demo.set_defaults(budget=128)  # the demo's context is 1k: a budget of 1/8 of it
+    evaluate = sub.add_parser("eval", help="the evaluation protocol on a pair: teacher-forced fidelity, free-running "
+                                           "arms, needle retrieval; CSV, tables, plots (--tiny: no downloads)")
+    add_eval_arguments(evaluate)  # with the DustinConfig flags the harness does not set per arm
     return parser
 
 
@@ -128,6 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         return run_generate(args)
     if args.command == "calibrate":
         return run_calibrate(args)
-    from .demo import run_demo
-
+    if args.command == "eval":
+        return run_eval(args, config_overrides(args))
     return run_demo(args, config_overrides(args))

@@ -112,11 +112,16 @@ class Generation:
         for i in range(self.gamma):
             if i:
                 logits = self.draft_logits("draft_1", tokens[-1][:, None], (self.n - 1 + i)[:, None])
-            token, prob = choose(logits, self.sampling, self.generator)
+            token, prob = self.propose(logits, i)
             tokens.append(token)
             probs.append(prob)
             self.stats.draft_passes += 1
         return torch.stack(tokens, 1), torch.stack(probs, 1) if self.sampling.do_sample else None
+
+    def propose(self, logits: torch.Tensor, step: int):
+        """The draft's ``step``-th token per row from its ``logits [B, V]``: (tokens [B], probs [B, V] or None).
+        Teacher forcing (dustin.fidelity) overrides this to propose the text's own next tokens."""
+        return choose(logits, self.sampling, self.generator)
 
     def select(self, drafted: torch.Tensor) -> Selection:
         selection = choose_selection(self.config, self.model.draft_share, self.signals(drafted), self.n - 1,
@@ -301,7 +306,8 @@ class Generation:
     def warm_up(self) -> None:
         """Capture/compile every decode graph now (not inside a timed decode). Each runs once at positions from the
         pending token on, which decoding rewrites before reading: the prefilled cache stays valid."""
-        for role, rows in self.decode_roles():
+        roles = self.decode_roles()
+        for role, rows in tqdm(roles, desc="capture graphs", unit="graph", disable=not self.progress):
             pos = self.positions(self.n - 1, rows)
             self.forward(role, self.seq.gather(1, pos.clamp_max(self.seq.shape[1] - 1)), pos)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dustin.passes.errors import PassError
 
-__all__ = ["DustinError", "ModelPairError", "PassError", "ProfileError"]
+__all__ = ["AssetError", "DustinError", "ModelPairError", "PassError", "ProfileError"]
 
 
 class DustinError(Exception):
@@ -21,3 +21,7 @@ class ModelPairError(DustinError, ValueError):
 
 class ProfileError(DustinError, ValueError):
     """A calibration profile does not fit the models it is used with."""
+
+
+class AssetError(DustinError, RuntimeError):
+    """An asset could not be fetched, verified or converted; the message names the file or package and the fix."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -25,7 +26,7 @@ TARGET_ROLES = ("prefill_target", "verify", "verify_dense", "verify_oracle", "ch
 
 
 def compile(target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig | None = None, *,
-            profile: DustinProfile | str | None = None, tokenizer=None, draft_tokenizer=None,
+            profile: DustinProfile | str | os.PathLike | None = None, tokenizer=None, draft_tokenizer=None,
             **overrides) -> DustinModel:
     """Wrap an HF causal-LM pair sharing a tokenizer into a ``DustinModel``.
 
@@ -38,8 +39,8 @@ def compile(target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfi
     """
     config = (config or DustinConfig()).replace(**overrides)
     check_pair(target, draft, tokenizer, draft_tokenizer, dtype=config.dtype)  # as the pair will be after the cast
-    if isinstance(profile, str):
-        profile = DustinProfile.load(profile)
+    if isinstance(profile, (str, os.PathLike)):
+        profile = DustinProfile.load(os.fspath(profile))
     if profile is not None:
         profile.check(target, draft)  # the config hashes leave the dtype out: the cast does not change them
     check_dense_layers(target, config.dense_layers or (profile.dense_layers if profile is not None else ()))
@@ -215,14 +216,15 @@ class DustinModel:
         return out
 
     def warmup(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-               max_new_tokens: int = 1, use_draft: bool = True) -> None:
+               max_new_tokens: int = 1, use_draft: bool = True, progress: bool = False) -> None:
         """Prefill ``input_ids`` and capture/compile every decode graph for this batch shape now, so that the next
-        ``generate`` on these prompts (same ``max_new_tokens`` sizing) spends no time compiling or prefilling."""
+        ``generate`` on these prompts (same ``max_new_tokens`` sizing) spends no time compiling or prefilling.
+        ``progress=True`` shows progress bars (prefill chunks, graphs)."""
         prompts = prompts_from(input_ids, attention_mask, self.vocab_size)
         state = self.decode_state(len(prompts), max(len(p) for p in prompts), max_new_tokens)
         with torch.no_grad():
             gen = Generation(self, state, [p.to(self.device) for p in prompts], max_new_tokens, Sampling(), [],
-                             None, use_draft=use_draft)
+                             None, progress=progress, use_draft=use_draft)
             gen.prefill()
             gen.warm_up()
 

@@ -40,9 +40,24 @@ class WindowRecord:
 
     def kept_mass(self, indices: torch.Tensor) -> torch.Tensor:
         """Per target layer: attention mass inside ``indices`` (mean over the batch)."""
-        valid = (indices >= 0).to(self.truth.dtype)
-        picked = self.truth.gather(2, indices.clamp_min(0)[None].expand(self.truth.shape[0], -1, -1))
-        return (picked * valid).sum(2).mean(1)
+        return kept_mass(self.truth, indices)
+
+
+def layer_attention(queries: torch.Tensor, keys: list[torch.Tensor], seq_lens: torch.Tensor) -> torch.Tensor:
+    """``[L, B, S]``: each layer's attention over the history positions ``< seq_lens`` (softmax over those only),
+    averaged over all query heads and rows. ``queries [L, B, Hq, T, D]`` (query taps), ``keys`` one ``[B, Hkv, S,
+    D]`` cache per layer. Each row of the result sums to 1 (0 for an empty history)."""
+    q_heads, rows = queries.shape[2], queries.shape[3]
+    truth = torch.stack([score_heads(q, k, seq_lens, list(range(q_heads))) for q, k in zip(queries, keys)])
+    return truth.div_(q_heads * rows)
+
+
+def kept_mass(truth: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Per layer: the share of ``truth [L, B, S]`` (``layer_attention``) on the positions ``indices [B, K]``
+    (-1 = padding), mean over the batch: the selection's *recovery*."""
+    valid = (indices >= 0).to(truth.dtype)
+    picked = truth.gather(2, indices.clamp_min(0)[None].expand(truth.shape[0], -1, -1))
+    return (picked * valid).sum(2).mean(1)
 
 
 class QueryRecorder:
@@ -83,9 +98,8 @@ def _reduce(state: DecodeState, iterations) -> list[WindowRecord]:
     d_keys = [layer.keys for layer in state.caches.draft.layers]
     records = []
     for (seq_lens, queries, _, drafts), (prev_lens, prev_queries, prev_acc, _) in zip(iterations[1:], iterations):
-        q_heads, rows = queries.shape[2], queries.shape[3]
-        truth = torch.stack([score_heads(q, k, seq_lens, list(range(q_heads))) for q, k in zip(queries, t_keys)])
-        truth /= q_heads * rows
+        q_heads = queries.shape[2]
+        truth = layer_attention(queries, t_keys, seq_lens)
         # q*: the previous verification's query of its last accepted row (the last history position).
         b, h, _, d = prev_queries.shape[1:]
         q_star = prev_queries.gather(3, prev_acc.view(1, b, 1, 1, 1).expand(len(t_keys), b, h, 1, d))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import dustin
-from dustin.demo import DEMO_CONFIG, demo_pair
+from dustin.tiny import DEMO_CONFIG, demo_pair
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import dustin
-from dustin.demo import DEMO_CONFIG, demo_pair
+from dustin.tiny import DEMO_CONFIG, demo_pair
 from dustin.passes import find_attention
 
 

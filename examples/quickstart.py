@@ -16,7 +16,7 @@ import argparse
 import torch
 
 import dustin
-from dustin.demo import DEMO_CONFIG, demo_pair
+from dustin.tiny import DEMO_CONFIG, demo_pair
 
 
 def main() -> None:

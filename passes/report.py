@@ -24,6 +24,13 @@ class PassReport:
     def count(self, action: str) -> int:
         return sum(r.action == action for r in self.records)
 
+    def summary(self) -> str:
+        """One line: how many attention nodes got each action (the table, counted)."""
+        counts: dict[str, int] = {}
+        for r in self.records:
+            counts[r.action] = counts.get(r.action, 0) + 1
+        return f"{self.graph}: " + ", ".join(f"{n} {action}" for action, n in counts.items())
+
     def table(self) -> str:
         rows = [("layer", "node", "action", "reason")]
         rows += [(str(r.layer), r.node, r.action, r.reason) for r in sorted(self.records, key=lambda r: r.layer)]

@@ -41,6 +41,7 @@ def test_dense_rewrite_matches_the_model_and_is_idempotent(captured):
     # the masks went with the SDPA calls: nothing builds them any more
     assert "dustin.causal_mask.default" not in _targets(gm)
     assert report.table().splitlines()[0] == "verify: 3 attention node(s) rewritten, 0 declined"
+    assert report.summary() == "verify: 3 dense"
     # a second run finds nothing left to rewrite
     matches, declined = find_attention(gm)
     assert matches == [] and declined == []

