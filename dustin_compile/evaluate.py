@@ -34,7 +34,7 @@ from .eval_output import Results
 from .eval_inputs import load_pair, prepare
 from .fidelity import fidelity
 from .flags import NOT_FLAGS, add_config_arguments
-from .freerun import Arm, exact_mismatches, free_row, run_arm
+from .freerun import EXTRA_KINDS, Arm, exact_mismatches, free_row, run_arm
 from .model import compile as compile_pair
 from .needles import correct
 
@@ -66,6 +66,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--selectors", default=",".join(SELECTORS), help="fidelity: comma-separated selectors")
     parser.add_argument("--free-selectors", default="", help="free-running: extra sparse arms with these selectors "
                                                              "(the sparse and exact arms use dustin)")
+    parser.add_argument("--free-arms", default="", help="free-running: extra arms per budget, of "
+                                                        f"{','.join(EXTRA_KINDS)} (guarded: dense verification when the "
+                                                        "estimated recovery drops; sparse-ar: the target alone, sparse "
+                                                        "attention, history selector)")
     parser.add_argument("--windows", type=int, help="fidelity: measured windows per passage [16; --tiny 2]")
     parser.add_argument("--passages", type=int, default=1, help="fidelity and free-running: passages (batch) [1]")
     parser.add_argument("--text", help="fidelity and free-running text, a name of dustin.assets.text "
@@ -92,6 +96,7 @@ class Plan:
     budgets: list[int]
     selectors: list[str]
     free_selectors: list[str]
+    free_arms: list[str]
     windows: int
     passages: int
     max_new_tokens: int
@@ -121,9 +126,10 @@ def plan_from(args: argparse.Namespace, overrides: dict) -> Plan:
     parts = _names(args.parts, PARTS, "--parts")
     selectors = _names(args.selectors, SELECTORS, "--selectors")
     free_selectors = _names(args.free_selectors, SELECTORS, "--free-selectors", allow_empty=True)
+    free_arms = _names(args.free_arms, EXTRA_KINDS, "--free-arms", allow_empty=True)
     config = {"backend": "eager", **(TINY_CONFIG if args.tiny else {}), **overrides}
     chosen = {**defaults, **{k: getattr(args, k) for k in defaults if getattr(args, k) is not None}}
-    plan = Plan(parts, chosen["contexts"], chosen["budgets"], selectors, free_selectors, chosen["windows"],
+    plan = Plan(parts, chosen["contexts"], chosen["budgets"], selectors, free_selectors, free_arms, chosen["windows"],
                 args.passages, chosen["max_new_tokens"], args.needle_rounds,
                 args.text_file or args.text or "austen:persuasion",
                 args.needle_text_file or args.needle_text or "essays", args.dtype,
@@ -241,6 +247,7 @@ def _free_part(model, plan: Plan, prompt: torch.Tensor, context: int, results: R
     for budget in plan.budgets:
         arms += [Arm("sparse", budget, "dustin"), Arm("exact", budget, "dustin")]
         arms += [Arm("sparse", budget, s) for s in plan.free_selectors if s != "dustin"]
+        arms += [Arm(kind, budget, "history" if kind == "sparse-ar" else "dustin") for kind in plan.free_arms]
 
     def report(run, reference):
         results.add("free", dict(context=context, passages=len(prompt), **free_row(run, reference)))

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 import torch
 
 from .config import SELECTORS
+from .selectors import LOOKAHEAD_SELECTORS
 from .model import DustinModel
 from .stats import GenerateStats
 
-# name -> (mode, use_draft, takes a budget and selector)
+# name -> (mode, use_draft, takes a budget and selector): the arms of benchmarks/e2e.py. ``sparse-ar`` is the
+# target alone with sparse attention (no draft, so no lookahead: its selector must not read one).
 ARM_KINDS = {"ar": ("dense", False, False), "dense": ("dense", True, False), "sparse": ("sparse", True, True),
-             "exact": ("exact", True, True)}
+             "exact": ("exact", True, True), "guarded": ("guarded", True, True), "sparse-ar": ("sparse", False, True)}
+EXTRA_KINDS = ("guarded", "sparse-ar")  # what --free-arms may add per budget
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class Arm:
             raise ValueError(f"arm {self.kind!r} needs a budget and a selector of {SELECTORS}")
         if not sparse and (self.budget is not None or self.selector is not None):
             raise ValueError(f"arm {self.kind!r} is dense: it takes no budget or selector")
+        if not ARM_KINDS[self.kind][1] and self.selector in LOOKAHEAD_SELECTORS:
+            raise ValueError(f"arm {self.kind!r} runs without the draft: selector {self.selector!r} needs its "
+                             "lookahead; use 'history' (or another selector that does not read the draft)")
 
     @property
     def label(self) -> str:

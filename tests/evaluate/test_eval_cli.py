@@ -39,7 +39,7 @@ def _rows(path):
 def test_tiny_end_to_end(tmp_path):
     out = tmp_path / "out"
     result = _eval("--tiny", "--selectors", "dustin,history,oracle", "--budgets", "32", "96", "--max-new-tokens", "6",
-                   "--out", str(out), cwd=tmp_path)
+                   "--free-arms", "guarded,sparse-ar", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in out.iterdir()} >= {"fidelity.csv", "fidelity_layers.csv", "free.csv", "needle.csv",
                                                 "settings.json", "fidelity.png", "free.png"}
@@ -53,7 +53,9 @@ def test_tiny_end_to_end(tmp_path):
         assert r["pair"] == "tiny-random" and r["dtype"] == "float32" and r["context"] == "384"
     free = {r["arm"]: r for r in _rows(out / "free.csv")}
     assert set(FREE) <= set(next(iter(free.values())))
-    assert list(free) == ["ar", "dense", "sparse@32", "exact@32", "sparse@96", "exact@96"]
+    assert list(free) == ["ar", "dense", "sparse@32", "exact@32", "guarded@32", "sparse-ar@32:history",
+                          "sparse@96", "exact@96", "guarded@96", "sparse-ar@96:history"]
+    assert float(free["sparse-ar@32:history"]["tau"]) == 1.0  # the target alone: one token per pass
     assert all(free[a]["equals_ar"] == "True" and free[a]["first_divergence"] == "" for a in ("dense", "exact@32"))
     assert float(free["ar"]["speedup_vs_ar"]) == 1.0 and float(free["dense"]["tau"]) >= 1.0
     needle = _rows(out / "needle.csv")
@@ -111,6 +113,8 @@ def test_exact_differing_from_ar_fails_loudly(tmp_path, monkeypatch, capsys):
     (["--budgets", "32"], "--budgets 32: DustinConfig: n_sink (4) + window (64) must not exceed budget (32)"),
     (["--tiny", "--contexts", "8"], "--contexts must be distinct integers >= 16"),
     (["--tiny", "--windows", "0"], "--windows must be >= 1"),
+    (["--tiny", "--free-arms", "guarded,hf"], "--free-arms: expected distinct comma-separated names of guarded, "
+                                              "sparse-ar"),
     (["--tiny", "--text", "essays"], "--text is for real pairs"),
     (["--tiny", "--contexts", "128"], "--contexts 128: context 128 leaves"),
 ])
