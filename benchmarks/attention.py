@@ -189,7 +189,8 @@ def make_arms(c: dict, geometry: str, budgets: list[int]) -> tuple[dict, dict]:
         indices[budget] = pick()
         arms[f"select_{budget}"] = pick
         arms[f"attention_{budget}"] = (lambda b=budget:  # noqa: E731
-                                       ops.sparse_attention(c["q"], c["k"], c["v"], indices[b], c["seq_lens"], None))
+                                       ops.sparse_attention(c["q"], c["k"], c["v"], indices[b], c["seq_lens"],
+                                                            c["q"].shape[-1] ** -0.5, 0))
     return arms, indices
 
 
@@ -239,7 +240,8 @@ def triton_times(c: dict, budgets: list[int], indices: dict, args) -> dict[int, 
     result = {}
     for budget in budgets:
         idx = indices[budget].cuda()
-        fn = lambda: torch.ops.dustin.sparse_attention(g["q"], g["k"], g["v"], idx, g["seq_lens"], None)  # noqa
+        scale = g["q"].shape[-1] ** -0.5
+        fn = lambda: torch.ops.dustin.sparse_attention(g["q"], g["k"], g["v"], idx, g["seq_lens"], scale, 0)  # noqa
         times = [timed(fn, torch.cuda.synchronize) for _ in range(args.warmup + args.repeats)][args.warmup:]
         result[budget] = statistics.median(times) * 1e3
     return result

@@ -8,15 +8,19 @@
 from .calibrate import calibrate
 from .config import DustinConfig
 from .errors import DustinError, ModelPairError, PassError, ProfileError
+from .exported import ExportedDustin, load_exported
+from .exporter import export
 from .model import DustinModel, compile
 from .profile import DustinProfile
 from .stats import GenerateOutput, GenerateStats
+from .version import __version__
 
 __all__ = [
     "DustinConfig",
     "DustinError",
     "DustinModel",
     "DustinProfile",
+    "ExportedDustin",
     "GenerateOutput",
     "GenerateStats",
     "ModelPairError",
@@ -24,5 +28,6 @@ __all__ = [
     "ProfileError",
     "calibrate",
     "compile",
+    "export",
+    "load_exported",
 ]
-__version__ = "0.1.0"

@@ -79,6 +79,15 @@ class RowCache(Cache):
         self.batch, self.capacity = batch, capacity
         self.write_pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
 
+    @classmethod
+    def wrap(cls, keys: list[torch.Tensor], values: list[torch.Tensor]) -> RowCache:
+        """A cache over existing per-layer tensors (no copy): how an exported step sees the caches it is passed."""
+        cache = cls.__new__(cls)
+        Cache.__init__(cache, layers=[RowCacheLayer(k, v) for k, v in zip(keys, values, strict=True)])
+        cache.batch, cache.capacity = keys[0].shape[0], keys[0].shape[2]
+        cache.write_pos = torch.zeros(cache.batch, 1, dtype=torch.long, device=keys[0].device)
+        return cache
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         return self.layers[layer_idx].write(key_states, value_states, self.write_pos)
 

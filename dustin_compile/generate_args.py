@@ -108,7 +108,7 @@ def resolve(model, given: dict) -> GenerateArgs:
             raise TypeError(
                 f"`generation_config` must be a transformers.GenerationConfig, got {type(passed).__name__}"
             )
-    own = getattr(model.target, "generation_config", None)
+    own = getattr(model, "generation_config", None)
     configs = [(name, c) for name, c in (("`generation_config`", passed), ("the target's generation_config", own))
                if c is not None]
     values = {}

@@ -202,18 +202,12 @@ class DustinModel:
         ``use_draft=False`` decodes with the target alone (one token per pass) through the same compiled graphs
         and, in sparse modes, the same selection (history signal only): the autoregressive baselines.
         """
-        args = resolve(self, locals())
-        prompts = prompts_from(input_ids, attention_mask, self.vocab_size)
-        if streamer is not None and len(prompts) != 1:
-            raise ValueError(f"`streamer` supports batch size 1 (as in transformers), got a batch of {len(prompts)}")
-        state = self.decode_state(len(prompts), max(len(p) for p in prompts), args.max_new_tokens)
-        prompts = [p.to(self.device) for p in prompts]
-        with torch.no_grad():
-            gen = Generation(self, state, prompts, args.max_new_tokens, args.sampling, args.eos_ids,
-                             args.generator, streamer, progress, use_draft)
-            out = gen.run()
-        out.sequences = _hf_sequences(input_ids, gen, args.pad_token_id)
-        return out
+        return decode(self, resolve(self, locals()), input_ids, attention_mask, streamer, progress, use_draft)
+
+    @property
+    def generation_config(self):
+        """The target's ``generation_config``: what ``generate`` falls back to for arguments not passed."""
+        return getattr(self.target, "generation_config", None)
 
     def warmup(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                max_new_tokens: int = 1, use_draft: bool = True, progress: bool = False) -> None:
@@ -250,6 +244,23 @@ class DustinModel:
                 "max_length or shorten the prompt"
             )
         return needed
+
+
+def decode(model, args, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, streamer, progress: bool,
+           use_draft: bool):
+    """The body of ``generate`` for anything the driver can run (``DustinModel``, an ``ExportedDustin``): prompts,
+    state, one ``Generation``, transformers-shaped sequences."""
+    prompts = prompts_from(input_ids, attention_mask, model.vocab_size)
+    if streamer is not None and len(prompts) != 1:
+        raise ValueError(f"`streamer` supports batch size 1 (as in transformers), got a batch of {len(prompts)}")
+    state = model.decode_state(len(prompts), max(len(p) for p in prompts), args.max_new_tokens)
+    prompts = [p.to(model.device) for p in prompts]
+    with torch.no_grad():
+        gen = Generation(model, state, prompts, args.max_new_tokens, args.sampling, args.eos_ids,
+                         args.generator, streamer, progress, use_draft)
+        out = gen.run()
+    out.sequences = _hf_sequences(input_ids, gen, args.pad_token_id)
+    return out
 
 
 def _bucket(needed: int) -> int:

@@ -54,9 +54,15 @@ class DustinProfile:
     @classmethod
     def load(cls, path: str) -> DustinProfile:
         with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+            return cls.from_dict(json.load(f), repr(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "the profile") -> DustinProfile:
+        """The inverse of ``dataclasses.asdict`` (JSON lists back to tuples), checking the version."""
+        raw = dict(raw)
         if raw.get("version") != PROFILE_VERSION:
-            raise ProfileError(f"profile {path!r} has version {raw.get('version')}, expected {PROFILE_VERSION}; recalibrate")
+            raise ProfileError(f"profile {where} has version {raw.get('version')}, expected {PROFILE_VERSION}; "
+                               "recalibrate")
         raw["history_heads"] = tuple(raw["history_heads"])
         raw["draft_layers"] = tuple((int(layer), tuple(heads)) for layer, heads in raw["draft_layers"])
         raw["dense_layers"] = tuple(raw["dense_layers"])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from dustin.passes import DustinBackend, PassReport, RewritePlan
+from dustin.passes import DustinBackend, PassError, PassReport, RewritePlan
 
 from .cache import RowCache
 from .masks import MaskSpec
@@ -58,7 +58,13 @@ class StepGraph:
     def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
         if self.id_max is not None:
             input_ids = input_ids.clamp_max(self.id_max)
-        return self.compiled(input_ids, position_ids, seq_lens)
+        try:
+            return self.compiled(input_ids, position_ids, seq_lens)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            # dynamo wraps what our backend raised; the user should see the pass's own error (as export does).
+            if isinstance(getattr(exc, "inner_exception", None), PassError):
+                raise exc.inner_exception from None
+            raise
 
     @property
     def report(self) -> PassReport | None:

@@ -4,12 +4,13 @@ from .backend import DustinBackend, run_passes
 from .errors import PassError
 from .match import AttentionMatch, find_attention
 from .report import PassReport
-from .rewrite import RewritePlan, rewrite_attention
+from .rewrite import EXPORT_OPS, RewritePlan, rewrite_attention
 from .verify import verify_graph
 
 __all__ = [
     "AttentionMatch",
     "DustinBackend",
+    "EXPORT_OPS",
     "PassError",
     "PassReport",
     "RewritePlan",

@@ -16,7 +16,7 @@ from .errors import PassError
 
 from .match import find_attention, layer_of, node_value
 from .report import PassReport
-from .rewrite import RewritePlan, RewriteRecord, add_state_inputs, clean_up, rewrite_attention
+from .rewrite import EXPORT_OPS, RewritePlan, RewriteRecord, add_state_inputs, clean_up, rewrite_attention
 from .taps import insert_taps
 from .verify import verify_graph
 
@@ -46,12 +46,24 @@ def run_passes(gm: fx.GraphModule, plan: RewritePlan, state: dict[str, torch.Ten
     report.records += rewrite_attention(gm, matches, plan, nodes).records
     clean_up(gm)
     verify_graph(gm, before, name)
+    if plan.portable:
+        _check_portable(gm, name)
     if os.environ.get("DUSTIN_DEBUG_GRAPHS"):
         path = os.path.join(os.environ["DUSTIN_DEBUG_GRAPHS"], f"{name}.py")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(gm.code)
     return report
+
+
+def _check_portable(gm: fx.GraphModule, name: str) -> None:
+    """A graph meant for export holds no dustin op outside ``EXPORT_OPS`` (plain schemas, nothing mutated)."""
+    allowed = {op.name() for op in EXPORT_OPS}  # by name: an op overload object may be looked up anew
+    stray = sorted({n.target.name() for n in gm.graph.nodes if n.op == "call_function"
+                    and isinstance(n.target, torch._ops.OpOverload) and n.target.namespace == "dustin"
+                    and n.target.name() not in allowed})
+    if stray:
+        raise PassError(f"{name}: a portable graph must hold only {sorted(allowed)}; found {stray}")
 
 
 def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:

@@ -18,6 +18,7 @@ equivalent by construction. Any other mask (a padding mask, a hand-made window, 
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class AttentionMatch:
     mask: fx.Node  # the dustin::causal_mask node
     seq_lens: fx.Node  # its seq_lens input: where each sequence's query rows start
     window: int  # its sliding window (0 = none)
-    scale: float | None
+    scale: float  # the SDPA's scale, or its default 1/sqrt(D): the dustin ops take a plain float
     level: str  # "dynamo" or "export"
     layer: int
     q_heads: int
@@ -219,14 +220,21 @@ def _check_match(node: fx.Node, args: dict, order: int, level: str) -> Attention
         return f"query heads {qv.shape[1]} / head dim {qv.shape[3]} do not fit KV {tuple(kv.shape)}"
     if cache_root(k_src) is None or cache_root(v_src) is None:
         return "key/value do not come from a KV cache graph input (no static cache: prefill without cache?)"
+    if args["scale"] is not None and not isinstance(args["scale"], (int, float)):
+        return f"the softmax scale {args['scale']!r} is not a constant"
     mask = _causal_mask(args, qv.shape[2], kv.shape[2])
     if isinstance(mask, str):
         return mask
     return AttentionMatch(
         node=node, query=q, key_cache=k_src, value_cache=v_src, mask=mask, seq_lens=mask.args[0],
-        window=int(mask.args[3]), scale=args["scale"], level=level, layer=layer_of(node, order), q_heads=qv.shape[1],
+        window=int(mask.args[3]), scale=_scale(args["scale"], qv.shape[3]), level=level, layer=layer_of(node, order), q_heads=qv.shape[1],
         kv_heads=kv.shape[1], rows=qv.shape[2], cache_len=kv.shape[2],
     )
+
+
+def _scale(scale: object, head_dim: int) -> float:
+    """SDPA's softmax scale as a float (None means 1/sqrt(D), as in SDPA)."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
 def find_attention(gm: fx.GraphModule) -> tuple[list[AttentionMatch], list[tuple[fx.Node, str]]]:

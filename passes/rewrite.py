@@ -21,6 +21,9 @@ import dustin.kernels  # noqa: F401  (registers torch.ops.dustin.*)
 from .match import AttentionMatch
 
 STATE_PREFIX = "dustin_"
+# What a ``portable`` plan may leave in a graph: ops with plain schemas (tests/kernels/test_export_schemas.py).
+EXPORT_OPS = (torch.ops.dustin.sparse_attention.default, torch.ops.dustin.dense_attention.default,
+              torch.ops.dustin.causal_mask.default, torch.ops.dustin.score_heads_t.default)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class RewritePlan:
         history (``< lookahead_seq_lens``) into the ``lookahead`` state buffer, at each listed layer.
     window_attention: rewrite dense attention to ``sparse_attention`` with the ``window_indices`` state (the draft's
         own sink + recent-window KV), keeping the score taps on the full cache.
+    portable: for ``torch.export`` / TensorRT: only ops with plain schemas (tensors first, no lists, no optionals,
+        no mutating custom op): the score taps call ``score_heads_t`` and add its result into ``lookahead``.
     """
 
     attention: str = "dense"
@@ -43,6 +48,7 @@ class RewritePlan:
     score_taps: tuple[tuple[int, tuple[int, ...]], ...] = ()
     score_rows: int = 1
     window_attention: bool = False
+    portable: bool = False
 
     def state_names(self) -> tuple[str, ...]:
         names = []

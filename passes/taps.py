@@ -17,7 +17,7 @@ import torch.fx as fx
 import dustin.kernels  # noqa: F401  (registers torch.ops.dustin.*)
 
 from .errors import PassError
-from .match import AttentionMatch
+from .match import AttentionMatch, node_value
 from .rewrite import RewritePlan, RewriteRecord
 
 
@@ -47,9 +47,24 @@ def insert_taps(
             rows = graph.call_function(
                 operator.getitem, (m.query, (slice(None), slice(None), slice(-plan.score_rows, None)))
             )
-            graph.call_function(
-                torch.ops.dustin.score_heads_into.default,
-                (state["lookahead"], rows, m.key_cache, state["lookahead_seq_lens"], list(heads), m.scale),
-            )
+            if plan.portable:  # a pure op plus an in-place add of the state input: export/TensorRT-friendly
+                ids = graph.get_attr(_head_ids(gm, layer, heads, node_value(m.query).device))
+                scores = graph.call_function(
+                    torch.ops.dustin.score_heads_t.default,
+                    (rows, m.key_cache, state["lookahead_seq_lens"], ids, m.scale),
+                )
+                graph.call_function(torch.ops.aten.add_.Tensor, (state["lookahead"], scores))
+            else:
+                graph.call_function(
+                    torch.ops.dustin.score_heads_into.default,
+                    (state["lookahead"], rows, m.key_cache, state["lookahead_seq_lens"], list(heads), m.scale),
+                )
         records.append(RewriteRecord(m.layer, m.node.name, "score tap", f"heads {list(heads)}"))
     return records
+
+
+def _head_ids(gm: fx.GraphModule, layer: int, heads: tuple[int, ...], device: torch.device) -> str:
+    """A constant int64 tensor of ``heads`` registered on ``gm`` (a graph constant once exported)."""
+    name = f"dustin_score_heads_{layer}"
+    gm.register_buffer(name, torch.tensor(list(heads), dtype=torch.long, device=device))
+    return name

@@ -7,6 +7,8 @@ there is no Triton kernel for these ops.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._common import (FLOAT_DTYPES, INDEX_DTYPES, check_gqa, check_same_device, check_seq_lens, check_tensor,
@@ -20,14 +22,13 @@ _OP = "dense_attention"
 
 @torch.library.custom_op("dustin::dense_attention", mutates_args=())
 def _dense_attention_op(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor, scale: float | None = None,
-    window: int = 0,
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor, scale: float, window: int,
 ) -> torch.Tensor:
     return dense_attention_reference(q, k_cache, v_cache, seq_lens, scale, window)
 
 
 @_dense_attention_op.register_fake
-def _(q, k_cache, v_cache, seq_lens, scale=None, window=0):
+def _(q, k_cache, v_cache, seq_lens, scale, window):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
@@ -66,6 +67,7 @@ def dense_attention(
     if not torch.compiler.is_compiling():
         _check(q, k_cache, v_cache, seq_lens)
         check_window(_OP, window)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return torch.ops.dustin.dense_attention(q, k_cache, v_cache, seq_lens, scale, window)
 
 

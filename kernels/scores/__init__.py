@@ -1,4 +1,5 @@
-"""``dustin::score_heads`` and ``dustin::score_heads_into``: summed attention probabilities of a few query heads.
+"""``dustin::score_heads`` and ``dustin::score_heads_into``: summed attention probabilities of a few query heads;
+``dustin::score_heads_t``: the same sum with the head ids as a tensor, the non-mutating form export graphs use.
 
 The default implementation is the torch reference (the CPU path and the spec, see reference.py); CUDA tensors go
 to the Triton kernels (triton.py, imported on first use so that importing dustin never imports triton).
@@ -14,6 +15,8 @@ from .._common import FLOAT_DTYPES, check_gqa, check_same_device, check_seq_lens
 from .reference import score_heads_into_reference, score_heads_reference
 
 __all__ = ["score_heads", "score_heads_into", "score_heads_reference", "score_heads_into_reference"]
+
+# ``dustin::score_heads_t`` (below) has no public wrapper: only the pass emits it, in graphs meant for export.
 
 _OP = "score_heads"
 
@@ -59,6 +62,27 @@ def _(out, q, k_cache, seq_lens, heads, scale=None):
 @_score_heads_into_op.register_fake
 def _(out, q, k_cache, seq_lens, heads, scale=None):
     return None
+
+
+@torch.library.custom_op("dustin::score_heads_t", mutates_args=())
+def _score_heads_t_op(
+    q: torch.Tensor, k_cache: torch.Tensor, seq_lens: torch.Tensor, heads: torch.Tensor, scale: float
+) -> torch.Tensor:
+    # The export form of score_heads (plain schema: tensors first, no list, no optional, no mutation; what
+    # Torch-TensorRT's plugin generation accepts). The head ids are a small constant tensor of the graph.
+    return score_heads_reference(q, k_cache, seq_lens, heads.tolist(), scale)
+
+
+@_score_heads_t_op.register_kernel("cuda")
+def _(q, k_cache, seq_lens, heads, scale):
+    from .triton import score_heads_triton
+
+    return score_heads_triton(q, k_cache, seq_lens, heads.tolist(), scale)
+
+
+@_score_heads_t_op.register_fake
+def _(q, k_cache, seq_lens, heads, scale):
+    return q.new_empty((q.shape[0], k_cache.shape[2]), dtype=torch.float32)
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, seq_lens: torch.Tensor, heads: Sequence[int],

@@ -6,6 +6,8 @@ to the Triton kernel (triton.py, imported on first use so that importing dustin 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._common import (FLOAT_DTYPES, INDEX_DTYPES, check_gqa, check_same_device, check_seq_lens, check_tensor,
@@ -24,21 +26,21 @@ def _sparse_attention_op(
     v_cache: torch.Tensor,
     indices: torch.Tensor,
     seq_lens: torch.Tensor,
-    scale: float | None = None,
-    window: int = 0,
+    scale: float,
+    window: int,
 ) -> torch.Tensor:
     return sparse_attention_reference(q, k_cache, v_cache, indices, seq_lens, scale, window)
 
 
 @_sparse_attention_op.register_kernel("cuda")
-def _(q, k_cache, v_cache, indices, seq_lens, scale=None, window=0):
+def _(q, k_cache, v_cache, indices, seq_lens, scale, window):
     from .triton import sparse_attention_triton
 
     return sparse_attention_triton(q, k_cache, v_cache, indices, seq_lens, scale, window)
 
 
 @_sparse_attention_op.register_fake
-def _(q, k_cache, v_cache, indices, seq_lens, scale=None, window=0):
+def _(q, k_cache, v_cache, indices, seq_lens, scale, window):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
@@ -101,6 +103,6 @@ def sparse_attention(
         _check_indices(indices, seq_lens, q.shape[0])
         if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
             raise ValueError(f"{_OP}: `scale` must be a positive float or None (1/sqrt(D)), got {scale!r}")
-        scale = None if scale is None else float(scale)
         check_window(_OP, window)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return torch.ops.dustin.sparse_attention(q, k_cache, v_cache, indices, seq_lens, scale, window)

@@ -82,7 +82,7 @@ def test_reads_nothing_past_each_row():
 
 def test_opcheck_and_bad_inputs():
     q, k = torch.randn(2, 4, 3, 16), torch.randn(2, 2, 40, 16)
-    torch.library.opcheck(torch.ops.dustin.dense_attention.default, (q, k, k.clone(), torch.tensor([3, 9]), None))
+    torch.library.opcheck(torch.ops.dustin.dense_attention.default, (q, k, k.clone(), torch.tensor([3, 9]), 0.25, 0))
     torch.library.opcheck(torch.ops.dustin.dense_attention.default, (q, k, k.clone(), torch.tensor([3, 9]), 0.3, 5))
     torch.library.opcheck(torch.ops.dustin.causal_mask.default, (torch.tensor([3, 9]), 3, 40, 4))
     with pytest.raises(ValueError, match=r"`window` must be an int >= 0"):

@@ -22,8 +22,8 @@ def _attention_inputs(dtype=torch.float32):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_opcheck_sparse_attention(dtype):
     q, k, v, indices, seq_lens = _attention_inputs(dtype)
-    torch.library.opcheck(ops.sparse_attention.default, (q, k, v, indices, seq_lens, None))
-    torch.library.opcheck(ops.sparse_attention.default, (q, k, v, indices.int(), seq_lens.int(), 0.2))
+    torch.library.opcheck(ops.sparse_attention.default, (q, k, v, indices, seq_lens, 0.125, 0))
+    torch.library.opcheck(ops.sparse_attention.default, (q, k, v, indices.int(), seq_lens.int(), 0.2, 3))
 
 
 def test_opcheck_score_heads():
