@@ -15,6 +15,7 @@ RUNS = {  # script: (arguments, text its output must contain)
                       "== mode=exact: rows equal to the target's greedy decoding: [True, True]"),
     "local_checkpoints.py": (["--backend", "eager"], "equal to target.generate(): True"),
     "calibrate_profile.py": (["--backend", "eager"], "tokens equal to target greedy 1.00"),
+    "export.py": (["--context", "120", "--new-tokens", "10"], "loaded bundle == target.generate(): True"),
     "inspect_pass.py": ([], "declined scaled_dot_product_attention: unsupported mask: a torch.float32 mask"),
 }
 
