@@ -27,6 +27,16 @@ NO_MATCH_HINT = (
     "or pass strict=False to run this graph without dustin's attention"
 )
 
+# Every decline is about the mask: the usual cause is a stock transformers cache driven by transformers' own masks.
+STOCK_CACHE_HINT = (
+    "hint: the attention masks are not dustin's causal_mask. dustin's graphs take a per-row-position cache written at "
+    "explicit positions (dustin.cache.RowCache) and the mask built by dustin.kernels.causal_mask(seq_lens, rows, "
+    "capacity, window); re-running a step at the same position is then idempotent. transformers' stock caches "
+    "(StaticCache, DynamicCache) keep their own length and build their own masks, so dustin cannot prove a rewrite "
+    "of them exact and refuses it. Use dustin.compile(target, draft), or build steps as dustin_compile/steps.py does "
+    "(docs/design.md, 'The state contract')"
+)
+
 
 def run_passes(gm: fx.GraphModule, plan: RewritePlan, state: dict[str, torch.Tensor], name: str,
                strict: bool = True) -> PassReport:
@@ -36,7 +46,8 @@ def run_passes(gm: fx.GraphModule, plan: RewritePlan, state: dict[str, torch.Ten
     report.records += [RewriteRecord(layer_of(n, -1), n.name, "declined", why) for n, why in declined]
     if strict and plan.attention != "keep":
         if declined:
-            raise PassError(f"{name}: some attention calls cannot be rewritten\n{report.table()}")
+            hint = "\n" + STOCK_CACHE_HINT if all(why.startswith("unsupported mask") for _, why in declined) else ""
+            raise PassError(f"{name}: some attention calls cannot be rewritten\n{report.table()}{hint}")
         if not matches:
             raise PassError(f"{name}: {NO_MATCH_HINT}\n{report.table()}")
     replaced = matches if plan.attention != "keep" else []
