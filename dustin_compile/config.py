@@ -51,6 +51,8 @@ class DustinConfig:
         ``"full"`` while a row holds at most ``n_sink + draft_window`` positions); ``"auto"`` (default) — ``"window"``
         in the sparse modes, where the draft's dense attention becomes the bottleneck once verification is sparse,
         and ``"full"`` in ``dense`` mode, where the window costs acceptance (the README has the measurements).
+        Self-speculation (``dustin.compile(target)``, no draft model): ``"auto"`` is ``"window"`` in every mode.
+    draft_layers: self-speculation only: the target layers the self-draft runs (``()``: all of them).
     """
 
     mode: str = _field("dense", "verification mode", choices=MODES)
@@ -73,6 +75,8 @@ class DustinConfig:
     min_recovery: float = _field(0.9, "guarded mode: verify densely when the estimated recovery falls below this")
     refresh_every: int = _field(16, "guarded mode: verify densely at least every this many iterations (0 = never)")
     exact_every: int = _field(8, "exact mode: provisional tokens per dense check")
+    draft_layers: tuple[int, ...] = _field((), "self-speculation (no draft model): target layers the self-draft runs "
+                                           "(default: all)")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -113,10 +117,15 @@ class DustinConfig:
         if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
             raise ValueError(f"DustinConfig.dense_layers must be non-negative layer indices, got {self.dense_layers!r}")
         object.__setattr__(self, "dense_layers", tuple(sorted(set(layers))))
+        kept = tuple(self.draft_layers)
+        if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in kept):
+            raise ValueError(f"DustinConfig.draft_layers must be non-negative layer indices, got {self.draft_layers!r}")
+        object.__setattr__(self, "draft_layers", tuple(sorted(set(kept))))
 
     @property
     def draft_attention(self) -> str:
-        """``draft_kv`` resolved: ``"full"`` or ``"window"``."""
+        """``draft_kv`` resolved for a draft model: ``"full"`` or ``"window"`` (``DustinModel.draft_attention`` also
+        knows self-speculation)."""
         if self.draft_kv == "auto":
             return "full" if self.mode == "dense" else "window"
         return self.draft_kv

@@ -7,7 +7,8 @@ Everything it decides with is a function of tensors (``policy.choose_selection``
 - ``n[b]``: committed tokens of row b (prompt included); tokens live in ``seq[b, :n[b]]``; cache positions
   ``< n[b]-1`` hold their K/V, token ``n[b]-1`` is pending (the first input of the next forward).
 - ``draft_need[b]``: how many tokens the draft must (re)process at the start of the next iteration: 1, or 2 when
-  every drafted token was accepted (the draft never ran on its own last proposal). The first draft step takes the
+  every drafted token was accepted (the draft never ran on its own last proposal). Always 1 for a self-draft,
+  which shares the target's cache: it must never overwrite the K/V verification wrote (selfdraft.py). The first draft step takes the
   largest need over rows; rows that need less recompute one committed position, which rewrites the same K/V.
 - ``active[b]``: row b still generates. Finished rows stop advancing (``n`` frozen); their forwards rewrite
   positions past their end, never read.
@@ -32,10 +33,16 @@ from .stats import GenerateOutput, GenerateStats, PhaseClock
 class Generation:
     def __init__(self, model, state, prompts: list[torch.Tensor], max_new_tokens: int, sampling: Sampling,
                  eos_ids: list[int], generator: torch.Generator | None, streamer=None, progress: bool = False,
-                 use_draft: bool = True, recorder=None) -> None:
+                 use_draft: bool = True, recorder=None, rules=None, stream_prompt: bool = True) -> None:
         self.model, self.state, self.config = model, state, model.config
         self.sampling, self.generator, self.streamer, self.progress = sampling, generator, streamer, progress
         self.recorder = recorder  # calibration: reads the query taps after each draft step and verification
+        # Prefix-dependent logits processors and stopping criteria (transformers' custom_generate: hf_generate.py):
+        # ``rules.process(gen, logits [B, R, V], base [B], extra [B, K])`` rewrites row r's logits as transformers
+        # would given that row's own prefix, seq[b, :base[b]] + extra[b, :K - R + 1 + r]; ``rules.stops(gen, start,
+        # tokens, count)`` says which new tokens complete a stopping criterion. None: neither exists.
+        self.rules = rules
+        self.stream_prompt = stream_prompt  # False when the caller already streamed the prompt (transformers does)
         self.max_new = max_new_tokens
         # Without the draft the target decodes alone (one row per pass) through the same graphs and selection.
         self.gamma = self.config.gamma if use_draft else 0
@@ -72,6 +79,8 @@ class Generation:
             selection = self.select(drafted)
         with self.clock("verify"):
             logits = self.verify(drafted, selection.role)
+            if self.rules is not None:  # row j's distribution given its own prefix: committed text + drafted[:j]
+                logits = self.rules.process(self, logits, self.n, drafted)
         if self.sampling.do_sample:
             n_accepted, tokens = accept_sampling(drafted, draft_probs, logits, self.sampling, self.generator)
         else:
@@ -112,6 +121,9 @@ class Generation:
         for i in range(self.gamma):
             if i:
                 logits = self.draft_logits("draft_1", tokens[-1][:, None], (self.n - 1 + i)[:, None])
+            if self.rules is not None:  # the draft proposes from the processed distribution, as verification judges
+                done = torch.stack(tokens, 1) if tokens else self.seq[:, :0]
+                logits = self.rules.process(self, logits[:, None], self.n, done)[:, 0]
             token, prob = self.propose(logits, i)
             tokens.append(token)
             probs.append(prob)
@@ -146,7 +158,8 @@ class Generation:
             self.stats.accepted[b] += int(min(n_accepted[b], count[b]))
             self.stats.row_passes[b] += 1
         self.n += count
-        self.draft_need = torch.where(n_accepted == self.gamma, 2, 1)
+        if not self.state.caches.shared:  # a self-draft reads the verification's exact K/V of every position
+            self.draft_need = torch.where(n_accepted == self.gamma, 2, 1)
         self.active &= ~(hit | (self.n - self.prompt_lens >= self.max_new))
         return count
 
@@ -156,6 +169,8 @@ class Generation:
         pos = self.positions(self.final - 1, rows)
         ids = self.seq.gather(1, pos.clamp_max(self.seq.shape[1] - 1))
         logits = self.forward("check", ids, pos).float()[:, :-1]  # row i predicts position final + i
+        if self.rules is not None:  # row i's prefix: the final text + the provisional tokens before position final + i
+            logits = self.rules.process(self, logits, self.final, ids[:, 1:-1])
         self.stats.target_passes += 1
         self.stats.dense_passes += 1
         provisional = self.n - self.final
@@ -200,13 +215,16 @@ class Generation:
         return start[:, None] + torch.arange(rows, device=start.device)
 
     def limit(self, count: torch.Tensor, tokens: torch.Tensor, start: torch.Tensor):
-        """Cut each row's ``count`` new tokens (from ``start``) at max_new_tokens and after the first eos.
-        Returns (count, hit_eos)."""
+        """Cut each row's ``count`` new tokens (from ``start``) at max_new_tokens and after the first eos (or the
+        first token that completes a stopping criterion of ``rules``). Returns (count, hit)."""
         steps = torch.arange(tokens.shape[1], device=tokens.device)
         count = torch.minimum(count, self.max_new - (start - self.prompt_lens)).clamp_min(0)
-        if not self.eos.numel():
+        if not self.eos.numel() and self.rules is None:
             return count, torch.zeros_like(self.active)
-        is_eos = torch.isin(tokens, self.eos) & (steps < count[:, None])
+        is_eos = torch.isin(tokens, self.eos) if self.eos.numel() else torch.zeros_like(tokens, dtype=torch.bool)
+        if self.rules is not None:
+            is_eos = is_eos | self.rules.stops(self, start, tokens, count)
+        is_eos &= steps < count[:, None]
         hit = is_eos.any(1)
         return torch.where(hit, is_eos.long().argmax(1) + 1, count), hit
 
@@ -286,14 +304,17 @@ class Generation:
             pos = self.positions(torch.full((batch,), start, device=self.seq.device), rows)
             ids = self.seq[:, start : start + rows]
             self.forward("prefill_target", ids, pos)
-            self.forward("prefill_draft", ids, pos)
+            if not caches.shared:  # a self-draft reads the target's cache
+                self.forward("prefill_draft", ids, pos)
             self.stats.prefill_passes += 1
         caches.prefilled = key
 
     def decode_roles(self) -> list[tuple[str, int]]:
         """Every (role, rows) graph this call's decoding may run."""
         cfg = self.config
-        roles = [("draft_1", 1), ("draft_2", 2)] if self.gamma else []
+        roles = [("draft_1", 1)] if self.gamma else []
+        if self.gamma and not self.state.caches.shared:  # a self-draft never re-runs a committed position
+            roles.append(("draft_2", 2))
         roles.append(("verify", self.verify_rows))
         if cfg.mode != "dense":
             roles.append(("verify_dense", self.verify_rows))
@@ -323,7 +344,7 @@ class Generation:
         with self.clock("total"):
             with self.clock("prefill"):
                 self.prefill()
-            if self.streamer is not None:
+            if self.streamer is not None and self.stream_prompt:
                 self.streamer.put(self.seq[0, : int(self.prompt_lens[0])].cpu())
             bar = tqdm(total=self.max_new * len(self.n), desc="generate", unit="tok",
                        disable=not self.progress or self.streamer is not None)

@@ -68,7 +68,7 @@ class Manifest(dict):
         return cls(format=FORMAT, dustin=__version__, torch=torch.__version__, config=config,
                    profile=dataclasses.asdict(model.profile), batch=batch, capacity=capacity,
                    prefill_rows=prefill_rows, vocab_size=model.vocab_size, draft_share=model.draft_share,
-                   dense_layers=sorted(model.dense_layers), device=str(model.device),
+                   dense_layers=sorted(model.dense_layers), device=str(model.device), self_draft=model.self_draft,
                    target=_geometry(model.target), draft=_geometry(model.draft),
                    generation_config=None if gen is None else gen.to_dict(), programs=programs)
 
@@ -189,7 +189,9 @@ class ExportedDustin:
                 return RowCache(g["layers"], m["batch"], g["kv_heads"], g["head_dim"], m["capacity"],
                                 getattr(torch, g["dtype"]), self.device)
 
-            self._state = DecodeState.build(self.config, KVCaches(cache(m["target"]), cache(m["draft"])))
+            target = cache(m["target"])
+            draft = target if m.get("self_draft") else cache(m["draft"])  # a self-draft shares the target's cache
+            self._state = DecodeState.build(self.config, KVCaches(target, draft))
         return self._state
 
     def decode_state(self, batch: int, longest: int, max_new_tokens: int) -> DecodeState:

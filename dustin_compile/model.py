@@ -20,15 +20,20 @@ from .selectors import LOOKAHEAD_SELECTORS
 from .state import CacheStore, DecodeState
 from .steps import StepGraph
 from .errors import ModelPairError
-from .validate import check_dense_layers, check_pair, longrope_limit, prompts_from, vocab_size
+from .selfdraft import is_self_draft, self_draft
+from .validate import check_dense_layers, check_model, check_pair, longrope_limit, prompts_from, vocab_size
 
 TARGET_ROLES = ("prefill_target", "verify", "verify_dense", "verify_oracle", "check", "observe")
 
 
-def compile(target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig | None = None, *,
-            profile: DustinProfile | str | os.PathLike | None = None, tokenizer=None, draft_tokenizer=None,
+def compile(target: torch.nn.Module, draft: torch.nn.Module | str | None = None, config: DustinConfig | None = None,
+            *, profile: DustinProfile | str | os.PathLike | None = None, tokenizer=None, draft_tokenizer=None,
             **overrides) -> DustinModel:
     """Wrap an HF causal-LM pair sharing a tokenizer into a ``DustinModel``.
+
+    ``draft=None`` (or ``"self"``): self-speculation, no draft model. The target drafts for itself through a view
+    that shares its weights and KV cache, attends to a StreamingLLM window (``n_sink`` + ``draft_window`` recent
+    positions) and runs ``config.draft_layers`` (all by default); see selfdraft.py.
 
     ``overrides`` are ``DustinConfig`` fields (``dustin.compile(t, d, mode="sparse", budget=1024)``); an unknown
     key is a ``TypeError`` listing the valid ones. ``profile`` is a ``DustinProfile`` (or its JSON path) from
@@ -38,6 +43,14 @@ def compile(target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfi
     mode. Then ``config.dtype`` casts both in place and ``DustinModel`` puts them in eval mode.
     """
     config = (config or DustinConfig()).replace(**overrides)
+    if draft is None or (isinstance(draft, str) and draft == "self"):
+        check_model(target, "target")  # before building the view, which reads its layers
+        draft = self_draft(target, config.draft_layers)
+    elif isinstance(draft, str):
+        raise ValueError(f"`draft` must be a model, None or 'self' (self-speculation), got {draft!r}")
+    elif config.draft_layers:
+        raise ValueError("`draft_layers` selects the layers of a self-draft; with a draft model, leave it empty "
+                         "(or drop the draft: dustin.compile(target, draft_layers=...))")
     check_pair(target, draft, tokenizer, draft_tokenizer, dtype=config.dtype)  # as the pair will be after the cast
     if isinstance(profile, (str, os.PathLike)):
         profile = DustinProfile.load(os.fspath(profile))
@@ -62,6 +75,9 @@ class DustinModel:
                  record_queries: bool = False) -> None:
         self.target, self.draft, self.config = target.eval(), draft.eval(), config
         self.vocab_size = vocab_size(target)
+        self.self_draft = is_self_draft(draft)
+        # A self-draft's window is the point of it: a full-attention, all-layer self-draft is the target itself.
+        self.draft_attention = "window" if self.self_draft and config.draft_kv == "auto" else config.draft_attention
         self.device = next(target.parameters()).device
         self.target_masks, self.draft_masks = mask_spec(target, "target"), mask_spec(draft, "draft")
         layers = target.config.num_hidden_layers
@@ -92,6 +108,9 @@ class DustinModel:
             dense.generate(ids, max_new_tokens=64); exact.generate(ids, max_new_tokens=64)  # one prefill
         """
         config = (config or self.config).replace(**overrides)
+        if config.draft_layers != self.config.draft_layers:
+            raise ValueError("with_config shares the draft; a self-draft with other draft_layers is another model: "
+                             "call dustin.compile(target, draft_layers=...) instead")
         dtype = next(self.target.parameters()).dtype
         if config.dtype is not None and config.dtype != dtype:
             raise ValueError(f"with_config shares the models, which are {dtype}; it cannot cast them to "
@@ -111,7 +130,7 @@ class DustinModel:
         if role in ("draft_1", "draft_2"):
             taps = prof.draft_layers if cfg.mode != "dense" and cfg.selector in LOOKAHEAD_SELECTORS else ()
             record = tuple(range(self.draft.config.num_hidden_layers)) if self.record_queries else ()
-            return RewritePlan(attention="dense", score_taps=taps, window_attention=cfg.draft_attention == "window",
+            return RewritePlan(attention="dense", score_taps=taps, window_attention=self.draft_attention == "window",
                                query_taps=record)
         if role == "verify":
             if self.record_queries:
@@ -247,9 +266,10 @@ class DustinModel:
 
 
 def decode(model, args, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, streamer, progress: bool,
-           use_draft: bool):
+           use_draft: bool, rules=None, stream_prompt: bool = True):
     """The body of ``generate`` for anything the driver can run (``DustinModel``, an ``ExportedDustin``): prompts,
-    state, one ``Generation``, transformers-shaped sequences."""
+    state, one ``Generation``, transformers-shaped sequences. ``rules`` and ``stream_prompt``: see ``Generation``
+    (transformers' ``custom_generate`` path, hf_generate.py)."""
     prompts = prompts_from(input_ids, attention_mask, model.vocab_size)
     if streamer is not None and len(prompts) != 1:
         raise ValueError(f"`streamer` supports batch size 1 (as in transformers), got a batch of {len(prompts)}")
@@ -257,7 +277,7 @@ def decode(model, args, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     prompts = [p.to(model.device) for p in prompts]
     with torch.no_grad():
         gen = Generation(model, state, prompts, args.max_new_tokens, args.sampling, args.eos_ids,
-                         args.generator, streamer, progress, use_draft)
+                         args.generator, streamer, progress, use_draft, rules=rules, stream_prompt=stream_prompt)
         out = gen.run()
     out.sequences = _hf_sequences(input_ids, gen, args.pad_token_id)
     return out

@@ -13,6 +13,7 @@ import torch
 
 from .cache import RowCache, head_geometry
 from .config import DustinConfig
+from .selfdraft import is_self_draft
 
 
 @dataclass
@@ -27,6 +28,11 @@ class KVCaches:
     target: RowCache
     draft: RowCache
     prefilled: tuple | None = None
+
+    @property
+    def shared(self) -> bool:
+        """One cache for both roles (self-speculation)."""
+        return self.draft is self.target
 
     @property
     def batch(self) -> int:
@@ -51,8 +57,10 @@ class CacheStore:
         found = self.current
         if found is None or found.batch != batch or found.capacity != capacity:
             self.current = None  # free the old caches first: two long-context caches may not fit together
-            found = self.current = KVCaches(RowCache.for_model(target, batch, capacity),
-                                            RowCache.for_model(draft, batch, capacity))
+            target_cache = RowCache.for_model(target, batch, capacity)
+            # A self-draft reads and writes the target's own cache (selfdraft.py): one cache, nothing copied.
+            draft_cache = target_cache if is_self_draft(draft) else RowCache.for_model(draft, batch, capacity)
+            found = self.current = KVCaches(target_cache, draft_cache)
         return found
 
 

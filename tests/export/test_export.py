@@ -191,3 +191,15 @@ def test_a_model_the_pass_refuses_is_refused_by_export_too(prompts):
         dustin.export(model, ids, mask)
     assert "attn_implementation='sdpa'" in str(by_export.value)
     assert str(by_export.value).splitlines()[0] == str(by_generate.value).splitlines()[0]
+
+
+def test_a_self_draft_bundle_shares_one_cache(prompts):
+    """Self-speculation exported: the draft programs read and write the target's caches; tokens == generate."""
+    target, _ = tiny_pair(4, CONFIG)
+    ids, mask = prompts
+    model = dustin.compile(target, mode="exact", draft_layers=(0, 2), **SETTINGS)
+    bundle = dustin.export(model, ids, mask, max_new_tokens=NEW)
+    assert "prefill_draft" in bundle.programs  # exported for completeness; the runner skips it (shared cache)
+    got = bundle.generate(ids, mask, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0).sequences
+    assert bundle.state.caches.shared
+    assert torch.equal(got, model.generate(ids, mask, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0).sequences)
