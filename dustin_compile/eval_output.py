@@ -24,6 +24,9 @@ class Results:
 
     def add(self, table: str, row: dict) -> None:
         self.rows[table].append({**self.settings, **row})
+        self._write(table)
+
+    def _write(self, table: str) -> None:
         rows = self.rows[table]
         columns = list(dict.fromkeys(key for r in rows for key in r))
         with open(self.out / FILES[table], "w", newline="", encoding="utf-8") as f:
@@ -70,7 +73,33 @@ class Results:
             written.append(self._fidelity_plot(plt))
         if self.rows["free"]:
             written.append(self._free_plot(plt))
+            if len({r["context"] for r in self.rows["free"]}) > 1:
+                written.append(self._context_plot(plt))
         return written
+
+    def _context_plot(self, plt) -> Path:
+        """Speedup over ``ar`` vs context, a line per arm: each point is a ratio measured within one run."""
+        rows = [r for r in self.rows["free"] if r["kind"] != "ar" and r["speedup_vs_ar"] != ""]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            points = sorted((r["context"], r["speedup_vs_ar"]) for r in rows if r["arm"] == arm)
+            ax.plot(*zip(*points), marker="o", label=arm)
+        contexts = sorted({r["context"] for r in rows})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.minorticks_off()
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("decode tokens/s vs ar")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"free-running speedup vs context, {self.settings['pair']}\n{self.settings['machine']}",
+                     fontsize=10)
+        fig.tight_layout()
+        path = self.out / "free_vs_context.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
 
     def _fidelity_plot(self, plt) -> Path:
         rows = self.rows["fidelity"]
@@ -151,3 +180,41 @@ def _needle_table(rows: list[dict]) -> str:
                                 for d in dict.fromkeys(r["depth"] for r in mine))
             lines.append(f"  context {context:<6d} {arm:18s} {sum(hits)}/{len(hits)}  (by depth {by_depth})")
     return "\n".join(lines)
+
+
+# Settings that must agree for runs to be merged (what a row's numbers depend on, besides its own columns).
+SAME_IN_MERGE = ("pair", "profile", "machine", "device", "dtype", "gamma", "n_sink", "window", "draft_kv", "backend")
+
+
+def merge(dirs: list[Path], out: Path) -> Results:
+    """The CSVs of several ``eval`` runs as one ``Results`` in ``out`` (tables and plots across runs, e.g. budgets
+    or contexts measured separately). Every row keeps its own run's settings columns; runs whose settings differ
+    in ``SAME_IN_MERGE`` are refused."""
+    runs = [(d, json.loads((d / "settings.json").read_text(encoding="utf-8"))) for d in dirs]
+    first = runs[0][1]
+    for d, settings in runs[1:]:
+        differ = {k: (first.get(k), settings.get(k)) for k in SAME_IN_MERGE if first.get(k) != settings.get(k)}
+        if differ:
+            raise ValueError(f"cannot merge {d} with {runs[0][0]}: their settings differ {differ}")
+    results = Results(out, {**{k: first.get(k) for k in SAME_IN_MERGE}, "merged_from": [str(d) for d in dirs]})
+    for d, _ in runs:
+        for table, name in FILES.items():
+            if (d / name).exists():
+                with open(d / name, newline="", encoding="utf-8") as f:
+                    results.rows[table] += [{k: _typed(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    for table in FILES:
+        if results.rows[table]:
+            results._write(table)
+    return results
+
+
+def _typed(value: str):
+    """A CSV cell back to the value the run wrote: bool, int, float or text ("" stays "")."""
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .cache import prefill_chunks
 from .config import SELECTORS, DustinConfig, field_names
-from .eval_output import Results
+from .eval_output import Results, merge
 from .eval_inputs import load_pair, prepare
 from .fidelity import fidelity
 from .flags import NOT_FLAGS, add_config_arguments
@@ -84,6 +84,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device [cuda when available, else cpu]")
     parser.add_argument("--out", help="output directory [benchmarks/results/eval-<timestamp>/]")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", help="measure nothing: merge the CSVs of earlier runs "
+                        "(e.g. budgets or contexts run separately) into --out, with tables and plots")
     add_config_arguments(parser, tuple(f for f in field_names() if f not in SET_PER_ARM + NOT_FLAGS))
 
 
@@ -168,6 +170,8 @@ def capacity(config: DustinConfig, longest: int, new: int) -> int:
 
 
 def run_eval(args: argparse.Namespace, overrides: dict) -> int:
+    if args.merge:
+        return _merge(args)
     plan = plan_from(args, overrides)
     pair = load_pair(args, DTYPES[plan.dtype], plan.device)
     base_config = DustinConfig(**plan.config)
@@ -201,6 +205,24 @@ def run_eval(args: argparse.Namespace, overrides: dict) -> int:
     if failures:
         print("\nFAILED: exact mode did not reproduce ar:\n" + "\n".join(failures), file=sys.stderr)
         return 1
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    dirs = [Path(d) for d in args.merge]
+    missing = [str(d) for d in dirs if not (d / "settings.json").is_file()]
+    if missing:
+        raise SystemExit(f"--merge: {missing} hold no eval results (no settings.json)")
+    if not args.out:
+        raise SystemExit("--merge needs --out DIR (where the merged CSVs and plots go)")
+    try:
+        results = merge(dirs, Path(args.out))
+    except ValueError as error:
+        raise SystemExit(f"--merge: {error}") from None
+    print(results.tables())
+    if not args.no_plots:
+        for path in results.plots():
+            print(f"wrote {path}")
     return 0
 
 
