@@ -10,6 +10,7 @@ from .config import DustinConfig
 from .errors import DustinError, ModelPairError, PassError, ProfileError
 from .exported import ExportedDustin, load_exported
 from .exporter import export
+from .hf_generate import generate
 from .model import DustinModel, compile
 from .profile import DustinProfile
 from .stats import GenerateOutput, GenerateStats
@@ -29,5 +30,6 @@ __all__ = [
     "calibrate",
     "compile",
     "export",
+    "generate",
     "load_exported",
 ]

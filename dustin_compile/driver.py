@@ -8,8 +8,9 @@ Everything it decides with is a function of tensors (``policy.choose_selection``
   ``< n[b]-1`` hold their K/V, token ``n[b]-1`` is pending (the first input of the next forward).
 - ``draft_need[b]``: how many tokens the draft must (re)process at the start of the next iteration: 1, or 2 when
   every drafted token was accepted (the draft never ran on its own last proposal). Always 1 for a self-draft,
-  which shares the target's cache: it must never overwrite the K/V verification wrote (selfdraft.py). The first draft step takes the
-  largest need over rows; rows that need less recompute one committed position, which rewrites the same K/V.
+  which shares the target's cache: it must never overwrite the K/V verification wrote (selfdraft.py). The first
+  draft step takes the largest need over rows; rows that need less recompute one committed position, which
+  rewrites the same K/V.
 - ``active[b]``: row b still generates. Finished rows stop advancing (``n`` frozen); their forwards rewrite
   positions past their end, never read.
 - ``final[b]`` (exact mode): tokens confirmed by a dense pass; those past it are provisional (exact.py).

@@ -1,8 +1,8 @@
 """``ExportedDustin``: the exported step programs of a pair, their manifest, save/load, and a runner.
 
-The runner is the in-process driver (``Generation``, one iteration on one screen) over the loaded programs: the
-same draft → select → verify → accept → commit → check loop, the same selectors and acceptance, the programs in
-place of the compiled graphs. It needs no Hugging Face model: the weights live in the programs, the geometry and
+The runner is the in-process driver (``Generation``, one iteration on one screen) over the loaded programs:
+the same draft → select → verify → accept → commit → check loop, the same selectors and acceptance, the programs
+in place of the compiled graphs. It needs no Hugging Face model: the weights live in the programs, the geometry and
 the configuration in ``manifest.json``. The cache contract is in exporter.py's docstring.
 """
 

@@ -227,8 +227,8 @@ def _check_match(node: fx.Node, args: dict, order: int, level: str) -> Attention
         return mask
     return AttentionMatch(
         node=node, query=q, key_cache=k_src, value_cache=v_src, mask=mask, seq_lens=mask.args[0],
-        window=int(mask.args[3]), scale=_scale(args["scale"], qv.shape[3]), level=level, layer=layer_of(node, order), q_heads=qv.shape[1],
-        kv_heads=kv.shape[1], rows=qv.shape[2], cache_len=kv.shape[2],
+        window=int(mask.args[3]), scale=_scale(args["scale"], qv.shape[3]), level=level, layer=layer_of(node, order),
+        q_heads=qv.shape[1], kv_heads=kv.shape[1], rows=qv.shape[2], cache_len=kv.shape[2],
     )
 
 
