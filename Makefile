@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # torch first, pinned: a looser requirement pulls a multi-GB CUDA build (see DEVELOPERS.md).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all test-tensorrt demo bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,8 +22,17 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m ''
 
+# The TensorRT build check, no GPU needed: a separate venv (.venv-trt: torch 2.14.1 + torch-tensorrt-rtx 2.14.0,
+# ~6 GB, ~4 min to build the first time), then engines built and serialised for a tiny pair's verify step, and the
+# lowering / cache I/O tests under torch 2.14 (the GPU numerics tests skip without CUDA).
+VENV_TRT ?= .venv-trt
+test-tensorrt:
+	bash scripts/tensorrt/setup-venv.sh $(VENV_TRT)
+	$(VENV_TRT)/bin/python scripts/tensorrt/check_engines.py
+	$(VENV_TRT)/bin/python -m pytest -q -rs tests/kernels/test_lowering.py tests/tensorrt
+
 demo: setup
 	$(PY) -m dustin demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV_TRT) build *.egg-info

@@ -9,6 +9,7 @@ from .calibrate import calibrate
 from .config import DustinConfig
 from .errors import DustinError, ModelPairError, PassError, ProfileError
 from .exported import ExportedDustin, load_exported
+from .export_tensorrt import export_tensorrt
 from .exporter import export
 from .hf_generate import generate
 from .model import DustinModel, compile
@@ -30,6 +31,7 @@ __all__ = [
     "calibrate",
     "compile",
     "export",
+    "export_tensorrt",
     "generate",
     "load_exported",
 ]

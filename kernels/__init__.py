@@ -13,9 +13,14 @@ registration as ``torch.library.custom_op("dustin::<op>")`` in ``__init__.py``:
 Importing this package registers every op; it never imports triton (the CUDA kernels load on first use).
 """
 
-from .dense import causal_mask, dense_attention
-from .scores import score_heads, score_heads_into
-from .selection import select_tokens
-from .sparse import sparse_attention
+if __name__ == "dustin.kernels":
+    from .dense import causal_mask, dense_attention
+    from .scores import score_heads, score_heads_into
+    from .selection import select_tokens
+    from .sparse import sparse_attention
 
-__all__ = ["causal_mask", "dense_attention", "score_heads", "score_heads_into", "select_tokens", "sparse_attention"]
+    __all__ = ["causal_mask", "dense_attention", "score_heads", "score_heads_into", "select_tokens",
+               "sparse_attention"]
+# Else this folder was imported as a top-level ``kernels``: with the repository root on sys.path (``python -m ...``
+# run there), transformers probes for the Hugging Face ``kernels`` package by importing it. Register nothing then:
+# a second registration would define every dustin op again as new objects.

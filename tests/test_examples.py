@@ -16,6 +16,7 @@ RUNS = {  # script: (arguments, text its output must contain)
     "local_checkpoints.py": (["--backend", "eager"], "equal to target.generate(): True"),
     "calibrate_profile.py": (["--backend", "eager"], "tokens equal to target greedy 1.00"),
     "export.py": (["--context", "120", "--new-tokens", "10"], "loaded bundle == target.generate(): True"),
+    "export_tensorrt.py": ([], "lowered verify program: 0 dustin ops left"),
     "inspect_pass.py": ([], "declined scaled_dot_product_attention: unsupported mask: a torch.float32 mask"),
 }
 

@@ -26,3 +26,19 @@ def test_three_folders_map_onto_one_package():
     assert os.path.dirname(dustin.passes.__file__) == os.path.join(root, "passes")
     assert os.path.dirname(dustin.kernels.__file__) == os.path.join(root, "kernels")
     assert set(dustin.__all__) >= {"compile", "DustinConfig", "DustinModel", "calibrate"}
+
+
+def test_the_kernels_folder_imported_as_a_top_level_package_registers_nothing():
+    """From the repository root (on sys.path under ``python -m``), transformers imports ``kernels`` while probing for
+    the Hugging Face package of that name; the ops must stay the ones dustin registered."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import torch, dustin; "
+            "before = torch.ops.dustin.sparse_attention.default._op; import kernels; "
+            "assert not hasattr(kernels, 'sparse_attention'); "
+            "assert torch.ops.dustin.sparse_attention.default._op is before; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
