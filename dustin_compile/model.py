@@ -47,7 +47,8 @@ def compile(target: torch.nn.Module, draft: torch.nn.Module | str | None = None,
         check_model(target, "target")  # before building the view, which reads its layers
         draft = self_draft(target, config.draft_layers)
     elif isinstance(draft, str):
-        raise ValueError(f"`draft` must be a model, None or 'self' (self-speculation), got {draft!r}")
+        raise ModelPairError(f"`draft` must be a Hugging Face causal LM, None or 'self' (self-speculation), got "
+                             f"{draft!r}")
     elif config.draft_layers:
         raise ValueError("`draft_layers` selects the layers of a self-draft; with a draft model, leave it empty "
                          "(or drop the draft: dustin.compile(target, draft_layers=...))")
