@@ -46,9 +46,6 @@ def compile(target: torch.nn.Module, draft: torch.nn.Module | str | None = None,
     if draft is None or (isinstance(draft, str) and draft == "self"):
         check_model(target, "target")  # before building the view, which reads its layers
         draft = self_draft(target, config.draft_layers)
-    elif isinstance(draft, str):
-        raise ModelPairError(f"`draft` must be a Hugging Face causal LM, None or 'self' (self-speculation), got "
-                             f"{draft!r}")
     elif config.draft_layers:
         raise ValueError("`draft_layers` selects the layers of a self-draft; with a draft model, leave it empty "
                          "(or drop the draft: dustin.compile(target, draft_layers=...))")
