@@ -33,8 +33,9 @@ STATE_INPUTS = {"dustin_indices": "indices", "dustin_window_indices": "window_in
                 "dustin_lookahead": "lookahead", "dustin_lookahead_seq_lens": "lookahead_seq_lens"}
 
 
-def export_roles(config, roles: Sequence[str], prefill_rows: int) -> list[tuple[str, int]]:
-    """The (role, rows) programs a bundle needs for ``roles`` (groups of ``ROLE_GROUPS``) under ``config``."""
+def export_roles(config, roles: Sequence[str], prefill_rows: int, self_draft: bool = False) -> list[tuple[str, int]]:
+    """The (role, rows) programs a bundle needs for ``roles`` (groups of ``ROLE_GROUPS``) under ``config``; a
+    self-draft reads the target's cache, so it has no prefill of its own."""
     unknown = [r for r in roles if r not in ROLE_GROUPS]
     if unknown or not roles:
         raise ValueError(f"`roles` must be a non-empty subset of {ROLE_GROUPS}, got {tuple(roles)!r}")
@@ -45,7 +46,7 @@ def export_roles(config, roles: Sequence[str], prefill_rows: int) -> list[tuple[
     verify_rows = config.gamma + 1
     out = []
     if "prefill" in roles:
-        out += [("prefill_target", prefill_rows), ("prefill_draft", prefill_rows)]
+        out += [("prefill_target", prefill_rows)] + ([] if self_draft else [("prefill_draft", prefill_rows)])
     if "draft" in roles and config.gamma:
         out += [("draft_1", 1), ("draft_2", 2)]
     if "verify" in roles:
@@ -62,7 +63,7 @@ class Manifest(dict):
 
     @classmethod
     def build(cls, model: DustinModel, batch: int, capacity: int, prefill_rows: int, programs: dict) -> Manifest:
-        config = {k: v for k, v in dataclasses.asdict(model.config).items()}
+        config = dataclasses.asdict(model.config)
         config["dtype"] = None if config["dtype"] is None else str(config["dtype"]).removeprefix("torch.")
         gen = model.generation_config
         return cls(format=FORMAT, dustin=__version__, torch=torch.__version__, config=config,
@@ -213,7 +214,8 @@ class ExportedDustin:
                  streamer=None, generator: torch.Generator | None = None, generation_config=None,
                  progress: bool = False):
         """``DustinModel.generate`` over the exported programs (same arguments, same output)."""
-        missing = sorted({role for role, _ in export_roles(self.config, ROLE_GROUPS, 1)} - set(self.programs))
+        needed = export_roles(self.config, ROLE_GROUPS, 1, bool(self.manifest.get("self_draft")))
+        missing = sorted({role for role, _ in needed} - set(self.programs))
         if missing:
             raise ValueError(f"this bundle has no {missing} program(s) (it holds {sorted(self.programs)}); export "
                              "with roles=('prefill', 'draft', 'verify') to run generate")

@@ -84,7 +84,7 @@ def export(model: DustinModel, example_input_ids: torch.Tensor, attention_mask: 
     caches = CacheStore().get(model.target, model.draft, batch, capacity)
     state = DecodeState.build(model.config, caches)
     programs, entries = {}, {}
-    todo = export_roles(model.config, roles, prefill_rows)
+    todo = export_roles(model.config, roles, prefill_rows, model.self_draft)
     for role, rows in tqdm(todo, desc="export", unit="program", disable=not progress):
         programs[role], entries[role] = _export_role(model, state, role, rows)
     manifest = Manifest.build(model, batch, capacity, prefill_rows, entries)

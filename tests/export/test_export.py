@@ -199,7 +199,7 @@ def test_a_self_draft_bundle_shares_one_cache(prompts):
     ids, mask = prompts
     model = dustin.compile(target, mode="exact", draft_layers=(0, 2), **SETTINGS)
     bundle = dustin.export(model, ids, mask, max_new_tokens=NEW)
-    assert "prefill_draft" in bundle.programs  # exported for completeness; the runner skips it (shared cache)
+    assert "prefill_draft" not in bundle.programs  # the self-draft reads the target's prefilled cache
     got = bundle.generate(ids, mask, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0).sequences
     assert bundle.state.caches.shared
     assert torch.equal(got, model.generate(ids, mask, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0).sequences)
