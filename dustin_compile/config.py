@@ -123,6 +123,12 @@ class DustinConfig:
         object.__setattr__(self, "draft_layers", tuple(sorted(set(kept))))
 
     @property
+    def positions_ahead(self) -> int:
+        """Cache positions one iteration may write past the committed text: the verification's gamma + 1 rows,
+        and in exact mode the check's exact_every + gamma more."""
+        return self.gamma + 1 + (self.exact_every + self.gamma if self.mode == "exact" else 0)
+
+    @property
     def draft_attention(self) -> str:
         """``draft_kv`` resolved for a draft model: ``"full"`` or ``"window"`` (``DustinModel.draft_attention`` also
         knows self-speculation)."""

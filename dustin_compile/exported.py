@@ -196,11 +196,11 @@ class ExportedDustin:
         return self._state
 
     def decode_state(self, batch: int, longest: int, max_new_tokens: int) -> DecodeState:
-        m, cfg = self.manifest, self.config
+        m = self.manifest
         if batch != m["batch"]:
             raise ValueError(f"this bundle was exported for batch {m['batch']} (static shapes); got {batch} prompts: "
                              f"export with batch={batch}")
-        ahead = cfg.gamma + 1 + (cfg.exact_every + cfg.gamma if cfg.mode == "exact" else 0)
+        ahead = self.config.positions_ahead
         if longest + max_new_tokens + ahead > m["capacity"]:
             raise ValueError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) + {ahead} positions of lookahead "
                              f"exceed the bundle's max_length={m['capacity']}: export with a larger max_length")

@@ -242,7 +242,7 @@ class DustinModel:
     def _needed(self, longest: int, max_new_tokens: int) -> int:
         """Cache positions one call needs: text + the widest forward past it (verify, or exact mode's check)."""
         cfg = self.config
-        ahead = cfg.gamma + 1 + (cfg.exact_every + cfg.gamma if cfg.mode == "exact" else 0)
+        ahead = cfg.positions_ahead
         needed = longest + max_new_tokens + ahead
         if longest > 1:
             needed = max(needed, sum(prefill_chunks(longest - 1, cfg.prefill_chunk)[-1]))
