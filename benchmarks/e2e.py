@@ -76,8 +76,20 @@ def load(args):
 
 
 def arm_config(arm: str) -> tuple[dict, bool]:
-    """(DustinConfig overrides, use_draft) for a dustin arm; a ``+window`` suffix gives the draft a KV window."""
+    """(DustinConfig overrides, use_draft) for a dustin arm; a ``+window`` suffix gives the draft a KV window;
+    ``@g<N>`` fixes gamma (``@auto``: chosen per iteration), ``@plain`` keeps every linear as traced (no packed
+    multi-row GEMMs): ``dense@g4``, ``ar@plain``, ``sparse+window@auto``."""
+    arm, *tags = arm.split("@")
     overrides = {}
+    for tag in tags:
+        if tag == "plain":
+            overrides["linear"] = "plain"
+        elif tag == "auto":
+            overrides["gamma"] = "auto"
+        elif tag.startswith("g") and tag[1:].isdigit():
+            overrides["gamma"] = int(tag[1:])
+        else:
+            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto or @plain)")
     if arm.endswith("+window"):
         arm, overrides["draft_kv"] = arm.removesuffix("+window"), "window"
     if arm == "ar":
@@ -132,7 +144,7 @@ def main() -> int:
         for batch in args.batch:
             ids = torch.tensor(long_prompts(tokenizer, context, batch))
             cfg = args.config
-            margin = cfg.gamma + 1 + cfg.exact_every + cfg.gamma
+            margin = cfg.max_draft + 1 + cfg.exact_every + cfg.max_draft
             max_length = -(-(context + args.new_tokens + margin) // 256) * 256
             # Every arm is a sibling of this one: one set of caches, one prefill.
             first = dustin.compile(target, draft, cfg.replace(max_length=max_length), profile=profile)
@@ -149,18 +161,27 @@ def main() -> int:
                                      recovery="", note=f"stock SDPA; {total:.1f}s incl. {prefill:.1f}s prefill"))
                     continue
                 model, out, prefill_s, spread = run_dustin(arm, args, first, ids)
-                if arm == "dense":
-                    reference = out.sequences
+                if reference is None and arm.split("@")[0] in ("dense", "ar"):
+                    reference = out.sequences  # the target's own greedy tokens
                 s = out.stats
                 rows.append(dict(context=context, batch=batch, arm=arm, decode_tps=s.decode_tokens_per_second,
                                  tau=s.tau, per_pass=s.tokens_per_pass, target_passes=s.target_passes, draft_s=s.time_draft,
                                  select_s=s.time_select, verify_s=s.time_verify, other_s=s.time_other,
                                  agree=_agree(out.sequences, reference, context),
                                  recovery=sum(s.recovery) / len(s.recovery) if s.recovery else "",
-                                 note=f"median of {args.repeats} (tok/s {spread}); warm-up {prefill_s:.1f}s"))
+                                 note=f"median of {args.repeats} (tok/s {spread}); warm-up {prefill_s:.1f}s"
+                                      + _gamma_note(s)))
                 print(_format([rows[-1]]), file=sys.stderr)
     report(rows, args)
     return 0
+
+
+def _gamma_note(stats) -> str:
+    """gamma="auto": the chosen gammas (iterations each) and the planner's predicted tokens/s."""
+    if not stats.gammas:
+        return ""
+    chosen = " ".join(f"{g}:{n}" for g, n in sorted(stats.gammas.items()))
+    return f"; gamma {chosen}; predicted {stats.predicted_tokens_per_second:.2f} tok/s"
 
 
 def _agree(seqs, reference, prompt_len: int) -> str:

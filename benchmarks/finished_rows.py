@@ -84,8 +84,8 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     model = build(args)
     cfg = model.config
-    steps = [("draft_1", 1), ("verify", cfg.gamma + 1), ("verify_dense", cfg.gamma + 1),
-             ("check", cfg.exact_every + cfg.gamma + 1)]
+    steps = [("draft_1", 1), ("verify", cfg.max_draft + 1), ("verify_dense", cfg.max_draft + 1),
+             ("check", cfg.exact_every + cfg.max_draft + 1)]
     rows = []
     for role, width in steps:
         base = None

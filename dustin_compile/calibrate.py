@@ -43,7 +43,7 @@ def calibrate(target: torch.nn.Module, draft: torch.nn.Module, texts, config: Du
     if budget <= n_sink + window:
         raise ValueError(f"calibrate: budget ({budget}) must exceed n_sink + window ({n_sink + window})")
     prompts = _prompts(texts, tokenizer, context)
-    records = record_windows(target, draft, prompts, gamma=config.gamma, windows=windows, progress=progress)
+    records = record_windows(target, draft, prompts, gamma=config.max_draft, windows=windows, progress=progress)
     q_heads, kv_heads, _ = head_geometry(target)
     choice = choose(records, target.config.num_hidden_layers, draft.config.num_hidden_layers, budget=budget,
                     group_size=q_heads // kv_heads,

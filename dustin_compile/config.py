@@ -12,6 +12,7 @@ MODES = ("dense", "sparse", "guarded", "exact")
 BACKENDS = ("inductor", "eager")
 SELECTORS = ("dustin", "history", "draft", "streaming", "snapkv", "quest", "oracle")
 DRAFT_KV = ("auto", "full", "window")
+LINEARS = ("auto", "plain")
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -30,7 +31,10 @@ class DustinConfig:
         ``"exact"`` — lossless: tokens accepted by sparse verification are provisional until one dense pass over
         every ``exact_every`` of them keeps the agreeing prefix (output == the target's own greedy decoding /
         sampling distribution).
-    gamma: draft tokens per iteration (the target verifies gamma + 1 rows).
+    gamma: draft tokens per iteration (the target verifies gamma + 1 rows), or ``"auto"`` (default): every iteration
+        chooses gamma in 0..``gamma_max`` for the most expected tokens per second, from step costs and acceptance
+        measured as decoding runs (adaptive.py; 0 = the target decodes alone that iteration).
+    gamma_max: with ``gamma="auto"``, the longest draft an iteration may choose.
     max_length: KV-cache capacity per sequence (prompt + new tokens + gamma + 1). ``None`` sizes it per ``generate``
         call (rounded up to a multiple of 256). A fixed value avoids recompiles across calls.
     dtype: cast both models to this dtype at compile time (in place, like ``model.to``); ``None`` keeps theirs.
@@ -53,10 +57,17 @@ class DustinConfig:
         and ``"full"`` in ``dense`` mode, where the window costs acceptance (the README has the measurements).
         Self-speculation (``dustin.compile(target)``, no draft model): ``"auto"`` is ``"window"`` in every mode.
     draft_layers: self-speculation only: the target layers the self-draft runs (``()``: all of them).
+    linear: ``"auto"`` (default) — the linear layers of multi-row steps (verification, checks, two-token draft
+        steps, prefill chunks) run MKL's packed GEMM wherever it measures at least 10 % faster than ``F.linear`` on
+        this machine for that weight shape and row count (fp32 on x86 CPUs; measured once, kept in
+        ``$DUSTIN_CACHE/linear-choices.json``; costs one packed copy of each such weight in memory, ~1.25x its
+        size); ``"plain"`` — every linear as the model traced it.
     """
 
     mode: str = _field("dense", "verification mode", choices=MODES)
-    gamma: int = _field(4, "draft tokens per iteration (the target verifies gamma + 1 rows)")
+    gamma: int | str = _field("auto", "draft tokens per iteration (the target verifies gamma + 1 rows), or 'auto': "
+                              "chosen per iteration from measured costs and acceptance")
+    gamma_max: int = _field(4, "gamma='auto': the longest draft an iteration may choose")
     max_length: int | None = _field(None, "KV-cache capacity per sequence (default: sized per generate call)")
     dtype: torch.dtype | None = _field(None, "cast both models to this dtype (default: keep theirs)")
     backend: str = _field("inductor", "compile decode graphs with Inductor, or run the rewritten graphs as they are",
@@ -77,6 +88,8 @@ class DustinConfig:
     exact_every: int = _field(8, "exact mode: provisional tokens per dense check")
     draft_layers: tuple[int, ...] = _field((), "self-speculation (no draft model): target layers the self-draft runs "
                                            "(default: all)")
+    linear: str = _field("auto", "multi-row linears: MKL's packed GEMM where measured faster (auto), or as traced "
+                         "(plain)", choices=LINEARS)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -85,11 +98,15 @@ class DustinConfig:
             raise ValueError(f"DustinConfig.selector must be one of {SELECTORS}, got {self.selector!r}")
         if self.draft_kv not in DRAFT_KV:
             raise ValueError(f"DustinConfig.draft_kv must be one of {DRAFT_KV}, got {self.draft_kv!r}")
-        _positive_int("gamma", self.gamma)
+        if self.gamma != "auto":
+            _positive_int("gamma", self.gamma, hint=" or 'auto'")
+        _positive_int("gamma_max", self.gamma_max)
         if self.max_length is not None:
             _positive_int("max_length", self.max_length, minimum=2)
         if self.dtype is not None and not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
             raise TypeError(f"DustinConfig.dtype must be a floating torch.dtype or None, got {self.dtype!r}")
+        if self.linear not in LINEARS:
+            raise ValueError(f"DustinConfig.linear must be one of {LINEARS}, got {self.linear!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"DustinConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
         _positive_int("prefill_chunk", self.prefill_chunk)
@@ -123,10 +140,20 @@ class DustinConfig:
         object.__setattr__(self, "draft_layers", tuple(sorted(set(kept))))
 
     @property
+    def adaptive(self) -> bool:
+        """gamma is chosen per iteration (``gamma="auto"``)."""
+        return self.gamma == "auto"
+
+    @property
+    def max_draft(self) -> int:
+        """The most draft tokens one iteration may propose: gamma, or gamma_max with ``gamma="auto"``."""
+        return self.gamma_max if self.adaptive else self.gamma
+
+    @property
     def positions_ahead(self) -> int:
-        """Cache positions one iteration may write past the committed text: the verification's gamma + 1 rows,
-        and in exact mode the check's exact_every + gamma more."""
-        return self.gamma + 1 + (self.exact_every + self.gamma if self.mode == "exact" else 0)
+        """Cache positions one iteration may write past the committed text: the verification's max_draft + 1
+        rows, and in exact mode the check's exact_every + max_draft more."""
+        return self.max_draft + 1 + (self.exact_every + self.max_draft if self.mode == "exact" else 0)
 
     @property
     def draft_attention(self) -> str:
@@ -150,6 +177,6 @@ def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(DustinConfig))
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> None:
+def _positive_int(name: str, value: object, minimum: int = 1, hint: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"DustinConfig.{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"DustinConfig.{name} must be an integer >= {minimum}{hint}, got {value!r}")

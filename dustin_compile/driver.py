@@ -6,11 +6,13 @@ Everything it decides with is a function of tensors (``policy.choose_selection``
 
 - ``n[b]``: committed tokens of row b (prompt included); tokens live in ``seq[b, :n[b]]``; cache positions
   ``< n[b]-1`` hold their K/V, token ``n[b]-1`` is pending (the first input of the next forward).
-- ``draft_need[b]``: how many tokens the draft must (re)process at the start of the next iteration: 1, or 2 when
-  every drafted token was accepted (the draft never ran on its own last proposal). Always 1 for a self-draft,
-  which shares the target's cache: it must never overwrite the K/V verification wrote (selfdraft.py). The first
-  draft step takes the largest need over rows; rows that need less recompute one committed position, which
-  rewrites the same K/V.
+- ``draft_need[b]``: how many tokens the draft must (re)process at the start of the next iteration (positions
+  ``n[b]-draft_need[b] .. n[b]-1``): 1, or 2 when every drafted token was accepted (the draft never ran on its own
+  last proposal), or more after iterations without speculation (``gamma="auto"`` chose 0: the target decoded alone
+  and the draft saw none of those tokens). Always 1 for a self-draft, which shares the target's cache: it must never
+  overwrite the K/V verification wrote (selfdraft.py). The first draft step takes the largest need over rows
+  (rounded up to a power of two past 2, so that few shapes are compiled); rows that need less recompute committed
+  positions, which rewrites the same K/V.
 - ``active[b]``: row b still generates. Finished rows stop advancing (``n`` frozen); their forwards rewrite
   positions past their end, never read.
 - ``final[b]`` (exact mode): tokens confirmed by a dense pass; those past it are provisional (exact.py).
@@ -18,6 +20,8 @@ Everything it decides with is a function of tensors (``policy.choose_selection``
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 from tqdm.auto import tqdm
@@ -46,8 +50,12 @@ class Generation:
         self.stream_prompt = stream_prompt  # False when the caller already streamed the prompt (transformers does)
         self.max_new = max_new_tokens
         # Without the draft the target decodes alone (one row per pass) through the same graphs and selection.
-        self.gamma = self.config.gamma if use_draft else 0
+        # gamma="auto": the planner (adaptive.py) sets this iteration's gamma in 0..gamma_max before each step.
+        self.gamma_max = self.config.max_draft if use_draft else 0
+        self.planner = getattr(model, "planner", None) if use_draft and self.config.adaptive else None
+        self.gamma = self.gamma_max
         self.verify_rows = self.gamma + 1
+        self.fresh = False  # a graph ran for the first time this iteration (its time is a compile: not a cost)
         device, batch = state.seq_lens.device, len(prompts)
         self.prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
         self.seq = torch.zeros(batch, state.caches.capacity, dtype=torch.long, device=device)
@@ -66,14 +74,18 @@ class Generation:
         self.held: dict[str, torch.Tensor | None] = {"lookahead": None, "oracle": None}
         self.exact = (ExactCheck(self.config, batch, model.vocab_size, sampling, device)
                       if self.config.mode == "exact" else None)
-        self.lookahead = self.gamma > 0 and bool(model.plan("draft_1").score_taps)
+        self.lookahead_taps = self.gamma_max > 0 and bool(model.plan("draft_1").score_taps)
+        self.lookahead = self.lookahead_taps
         self.stats = GenerateStats(accepted=[0] * batch, row_passes=[0] * batch)
         self.clock = PhaseClock(self.stats, device)
         self.streamed = int(self.prompt_lens[0])
 
     # ---- one iteration ----------------------------------------------------------------------------------------
     def step(self) -> None:
-        """draft → select → verify → accept → commit → (exact mode) check."""
+        """(gamma="auto": choose gamma) → draft → select → verify → accept → commit → (exact mode) check."""
+        if self.planner is not None:
+            self.choose_gamma()
+        started, self.fresh, was_active = time.perf_counter(), False, self.active.clone()
         with self.clock("draft"):
             drafted, draft_probs = self.draft()
         with self.clock("select"):
@@ -82,6 +94,7 @@ class Generation:
             logits = self.verify(drafted, selection.role)
             if self.rules is not None:  # row j's distribution given its own prefix: committed text + drafted[:j]
                 logits = self.rules.process(self, logits, self.n, drafted)
+        costs = dict(self.clock.last)
         if self.sampling.do_sample:
             n_accepted, tokens = accept_sampling(drafted, draft_probs, logits, self.sampling, self.generator)
         else:
@@ -94,6 +107,8 @@ class Generation:
         self.since_dense = self.since_dense + 1 if selection.sparse else 0
         self.stats.sparse_passes += int(selection.sparse)
         self.stats.dense_passes += int(not selection.sparse)
+        if self.planner is not None:
+            self.learn(selection.role, n_accepted[was_active].tolist(), costs, time.perf_counter() - started)
         if self.exact is not None:
             if selection.role == "verify_dense":
                 # A dense verification from an all-final prefix is itself exact: its tokens are final at once.
@@ -116,8 +131,12 @@ class Generation:
             self.state.lookahead.zero_()
             self.state.lookahead_seq_lens.copy_(self.n - 1).masked_fill_(self.settled(), 0)
         first = int(self.draft_need[self.active].max())
-        pos = self.positions(self.n - first, first)  # the last `first` committed positions
-        logits = self.draft_logits(f"draft_{first}", self.seq.gather(1, pos), pos)
+        capacity = self.seq.shape[1]
+        rows = first if first <= 2 else min(1 << (first - 1).bit_length(), capacity)
+        start = (self.n - rows).clamp_min(0)  # the last `rows` committed positions (from 0 in a shorter row)
+        pos = self.positions(start, rows)
+        logits = self.draft_logits(f"draft_{rows}", self.seq.gather(1, pos.clamp_max(capacity - 1)), pos,
+                                   last=self.n - 1 - start)
         tokens, probs = [], []
         for i in range(self.gamma):
             if i:
@@ -159,8 +178,12 @@ class Generation:
             self.stats.accepted[b] += int(min(n_accepted[b], count[b]))
             self.stats.row_passes[b] += 1
         self.n += count
-        if not self.state.caches.shared:  # a self-draft reads the verification's exact K/V of every position
+        if self.state.caches.shared:
+            pass  # a self-draft reads the verification's exact K/V of every position: it never lags
+        elif self.gamma:
             self.draft_need = torch.where(n_accepted == self.gamma, 2, 1)
+        else:  # no draft this iteration: it lags by every committed token
+            self.draft_need = self.draft_need + count
         self.active &= ~(hit | (self.n - self.prompt_lens >= self.max_new))
         return count
 
@@ -183,9 +206,38 @@ class Generation:
         _, hit = self.limit(torch.ones_like(keep), result.correction[:, None], self.final + keep)
         reopened = rolled & ~hit & (new_n - self.prompt_lens < self.max_new)
         self.active = torch.where(rolled, reopened, self.active)
+        # Re-sync: the draft's K/V is valid below n - draft_need and, after a rollback, below the corrected position.
+        if not self.state.caches.shared:
+            valid = torch.minimum(self.n - self.draft_need, new_n - 1)
+            self.draft_need = torch.where(rolled, new_n - valid, self.draft_need)
         self.n = new_n
-        self.draft_need = torch.where(rolled, torch.ones_like(self.draft_need), self.draft_need)  # re-sync
         self.final = new_n.clone()
+
+    # ---- gamma="auto" -----------------------------------------------------------------------------------------
+    def context(self) -> int:
+        return int(self.n[self.active].max()) if bool(self.active.any()) else int(self.n.max())
+
+    def choose_gamma(self) -> None:
+        """This iteration's gamma: the most expected tokens per second under the measured costs (adaptive.py)."""
+        gamma, rate = self.planner.choose(self.context())
+        self.gamma, self.verify_rows = gamma, gamma + 1
+        self.lookahead = self.lookahead_taps and gamma > 0
+        self.stats.gammas[gamma] = self.stats.gammas.get(gamma, 0) + 1
+        if rate is not None:
+            self.stats.predicted.append(rate * int(self.active.sum()))
+
+    def learn(self, role: str, accepted: list[int], costs: dict[str, float], total: float) -> None:
+        """Feed this iteration's costs and the acceptance of its active rows to the planner. A first call of a
+        graph is a capture or a compile, not a cost; a dense refresh in a sparse mode is not what the planner
+        chooses between."""
+        self.planner.record_acceptance(self.gamma, accepted)
+        if self.fresh or role != "verify":
+            return
+        context, draft, verify = self.context(), costs.get("draft", 0.0), costs.get("verify", 0.0)
+        if self.gamma:
+            self.planner.record_cost("draft", self.gamma, context, draft)
+        self.planner.record_cost("verify", self.verify_rows, context, verify)
+        self.planner.record_cost("other", 1, context, max(0.0, total - draft - verify))
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     def forward(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -193,6 +245,7 @@ class Generation:
         row (finished, nothing provisional) still fills its batch slot, but its attention reads no cache: its
         rows attend as if they started at position 0, and their output is never used."""
         graph = self.model.graph(role, ids.shape[1])
+        self.fresh |= not getattr(graph, "calls", 1)
         seq_lens = self.state.seq_lens.copy_(pos[:, 0]).masked_fill_(self.settled(), 0)
         if graph.plan.window_attention:
             cfg = self.config
@@ -203,8 +256,14 @@ class Generation:
         """[B] rows whose tokens are all final and who generate no more."""
         return ~self.active & (self.final >= self.n) if self.exact is not None else ~self.active
 
-    def draft_logits(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        logits = self.forward(role, ids, pos)[:, -1].float()
+    def draft_logits(self, role: str, ids: torch.Tensor, pos: torch.Tensor,
+                     last: torch.Tensor | None = None) -> torch.Tensor:
+        """The draft's logits ``[B, V]`` of the row ``last[b]`` (default: the last row) of each sequence."""
+        out = self.forward(role, ids, pos)
+        if last is None or ids.shape[1] == 1:
+            logits = out[:, -1].float()
+        else:
+            logits = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[-1]))[:, 0].float()
         if self.recorder is not None:
             self.recorder.drafted(role, ids.shape[1])
         pad = self.model.vocab_size - logits.shape[-1]
@@ -311,18 +370,20 @@ class Generation:
         caches.prefilled = key
 
     def decode_roles(self) -> list[tuple[str, int]]:
-        """Every (role, rows) graph this call's decoding may run."""
+        """Every (role, rows) graph this call's decoding may run (gamma="auto": for every gamma it may choose; the
+        draft's catch-up steps after iterations without speculation compile when first needed)."""
         cfg = self.config
-        roles = [("draft_1", 1)] if self.gamma else []
-        if self.gamma and not self.state.caches.shared:  # a self-draft never re-runs a committed position
+        roles = [("draft_1", 1)] if self.gamma_max else []
+        if self.gamma_max and not self.state.caches.shared:  # a self-draft never re-runs a committed position
             roles.append(("draft_2", 2))
-        roles.append(("verify", self.verify_rows))
-        if cfg.mode != "dense":
-            roles.append(("verify_dense", self.verify_rows))
+        for rows in (range(1, self.gamma_max + 2) if self.planner is not None else (self.verify_rows,)):
+            roles.append(("verify", rows))
+            if cfg.mode != "dense":
+                roles.append(("verify_dense", rows))
+            if cfg.mode != "dense" and cfg.selector == "oracle":
+                roles.append(("verify_oracle", rows))
         if self.exact is not None:
             roles.append(("check", self.exact.rows))
-        if cfg.mode != "dense" and cfg.selector == "oracle":
-            roles.append(("verify_oracle", self.verify_rows))
         return roles
 
     def warm_up(self) -> None:

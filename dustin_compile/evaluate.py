@@ -164,7 +164,7 @@ def _names(value: str, allowed: tuple[str, ...], flag: str, allow_empty: bool = 
 def capacity(config: DustinConfig, longest: int, new: int) -> int:
     """Cache positions for every arm of one context (as ``DustinModel`` counts them, exact mode's check included),
     fixed so that siblings share one cache and the prompt is prefilled once."""
-    ahead = config.gamma + 1 + config.exact_every + config.gamma
+    ahead = config.positions_ahead
     prefill_end = sum(prefill_chunks(longest - 1, config.prefill_chunk)[-1])
     return -(-max(longest + new + ahead, prefill_end) // 256) * 256
 
@@ -175,7 +175,7 @@ def run_eval(args: argparse.Namespace, overrides: dict) -> int:
     plan = plan_from(args, overrides)
     pair = load_pair(args, DTYPES[plan.dtype], plan.device)
     base_config = DustinConfig(**plan.config)
-    gamma, span = base_config.gamma, (plan.windows + 1) * (base_config.gamma + 1)
+    gamma, span = base_config.max_draft, (plan.windows + 1) * (base_config.max_draft + 1)
     passages, needles = prepare(pair, plan, span)  # a bad setting fails here, before the first model call
     base = compile_pair(pair.target, pair.draft, tokenizer=pair.tokenizer, draft_tokenizer=pair.draft_tokenizer,
                         profile=pair.profile, **plan.config)

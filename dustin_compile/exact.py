@@ -40,7 +40,7 @@ class ExactCheck:
     def __init__(self, config: DustinConfig, batch: int, vocab: int, sampling: Sampling,
                  device: torch.device) -> None:
         self.every, self.sampling = config.exact_every, sampling
-        self.rows = config.exact_every + config.gamma + 1
+        self.rows = config.exact_every + config.max_draft + 1
         self.p_sparse = torch.zeros(batch, self.rows, vocab, device=device) if sampling.do_sample else None
 
     def due(self, provisional: torch.Tensor, active: torch.Tensor) -> bool:

@@ -43,11 +43,11 @@ def export_roles(config, roles: Sequence[str], prefill_rows: int, self_draft: bo
         raise ValueError(f"export supports the selectors that need no extra target pass; selector={config.selector!r} "
                          "needs one (snapkv: an observation pass, oracle: a dense pass): use dustin, history, draft, "
                          "streaming or quest")
-    verify_rows = config.gamma + 1
+    verify_rows = config.max_draft + 1
     out = []
     if "prefill" in roles:
         out += [("prefill_target", prefill_rows)] + ([] if self_draft else [("prefill_draft", prefill_rows)])
-    if "draft" in roles and config.gamma:
+    if "draft" in roles:
         out += [("draft_1", 1), ("draft_2", 2)]
     if "verify" in roles:
         out.append(("verify", verify_rows))

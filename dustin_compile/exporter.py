@@ -68,8 +68,11 @@ def export(model: DustinModel, example_input_ids: torch.Tensor, attention_mask: 
     ``generate`` of ``max_new_tokens`` on it would allocate; the prefill step takes ``min(prefill_chunk, prompt)``
     rows (rounded up to a power of two >= 16) and the runner pads the last piece. ``roles``: which of
     ``("prefill", "draft", "verify")`` to export (the runner needs all three). Every program holds the same rewrite
-    ``generate`` runs: a model the pass refuses raises the same ``PassError``.
+    ``generate`` runs: a model the pass refuses raises the same ``PassError``. The programs verify a fixed number
+    of rows: ``gamma="auto"`` is exported as ``gamma=gamma_max`` (the manifest records it).
     """
+    if model.config.adaptive:
+        model = model.with_config(gamma=model.config.gamma_max)
     prompts = prompts_from(example_input_ids, attention_mask, model.vocab_size)
     batch = len(prompts) if batch is None else batch
     if not (isinstance(batch, int) and batch >= 1):

@@ -66,7 +66,7 @@ class TeacherForced(Generation):
 
     def __init__(self, model: DustinModel, passages: torch.Tensor, context: int, windows: int,
                  selector: str | None = None) -> None:
-        gamma = model.config.gamma
+        gamma = model.config.max_draft  # teacher forcing verifies fixed windows: no adaptive gamma
         state = model.decode_state(len(passages), context, (windows + 1) * (gamma + 1))
         passages = passages.to(model.device)
         super().__init__(model, state, list(passages[:, :context]), (windows + 1) * (gamma + 1), Sampling(), [],
@@ -132,10 +132,10 @@ def check_arguments(model: DustinModel, passages: torch.Tensor, context: int, wi
         raise ValueError(f"context must be an integer >= 2 (tokens prefilled before the first window), got {context!r}")
     if not isinstance(windows, int) or windows < 1:
         raise ValueError(f"windows must be an integer >= 1, got {windows!r}")
-    need = context + (windows + 1) * (model.config.gamma + 1)
+    need = context + (windows + 1) * (model.config.max_draft + 1)
     if passages.shape[1] < need:
         raise ValueError(f"passages have {passages.shape[1]} tokens, but context {context} + (windows {windows} + 1 "
-                         f"burn-in) x (gamma + 1 = {model.config.gamma + 1}) needs {need}: use longer passages, a "
+                         f"burn-in) x (gamma + 1 = {model.config.max_draft + 1}) needs {need}: use longer passages, a "
                          "smaller context or fewer windows")
     if selector is not None and selector not in SELECTORS:
         raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")

@@ -31,6 +31,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...]
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
             options.update(nargs="*", type=int, metavar="N")
+        elif set(typing.get_args(kind)) == {int, str}:  # an integer or a word (gamma: 4 or auto)
+            options["type"] = _int_or_word
         else:
             options["type"] = next(t for t in (int, float, str) if t is kind or t in typing.get_args(kind))
         group.add_argument("--" + f.name.replace("_", "-"), **options)
@@ -40,3 +42,7 @@ def config_overrides(args: argparse.Namespace) -> dict:
     """The ``DustinConfig`` fields given on the command line."""
     fields = {f.name for f in dataclasses.fields(DustinConfig)} - set(NOT_FLAGS)
     return {name: value for name, value in vars(args).items() if name in fields}
+
+
+def _int_or_word(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text

@@ -7,8 +7,10 @@ import warnings
 
 import torch
 
-from dustin.passes import PassReport, RewritePlan
+from dustin.passes import LinearChooser, PassReport, RewritePlan
 
+from .adaptive import GammaPlanner
+from .asset_cache import cache_root
 from .cache import prefill_chunks
 from .config import DustinConfig
 from .driver import Generation
@@ -70,7 +72,7 @@ class DustinModel:
 
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig,
                  profile: DustinProfile | None = None, *, caches: CacheStore | None = None,
-                 record_queries: bool = False) -> None:
+                 record_queries: bool = False, linear: LinearChooser | None = None) -> None:
         self.target, self.draft, self.config = target.eval(), draft.eval(), config
         self.vocab_size = vocab_size(target)
         self.self_draft = is_self_draft(draft)
@@ -92,6 +94,10 @@ class DustinModel:
         self.draft_share = config.m if config.m is not None else int(round(self.profile.m_fraction * free))
         self.record_queries = record_queries
         self._caches = caches or CacheStore()
+        # Packed weights of multi-row linears (passes/linear.py), shared with with_config siblings like the caches.
+        self._linear = linear or LinearChooser(cache_root() / "linear-choices.json")
+        # gamma="auto": step costs and acceptance measured as decoding runs (adaptive.py); one per configuration.
+        self.planner = GammaPlanner(config.gamma_max) if config.adaptive else None
         self._state: DecodeState | None = None
         self._graphs: dict[tuple, StepGraph] = {}
         self._plans: dict[str, RewritePlan] = {}
@@ -113,7 +119,7 @@ class DustinModel:
         if config.dtype is not None and config.dtype != dtype:
             raise ValueError(f"with_config shares the models, which are {dtype}; it cannot cast them to "
                              f"{config.dtype}: call dustin.compile(target, draft, dtype={config.dtype}) instead")
-        return DustinModel(self.target, self.draft, config, self.profile, caches=self._caches)
+        return DustinModel(self.target, self.draft, config, self.profile, caches=self._caches, linear=self._linear)
 
     # ---- plans, graphs and state ------------------------------------------------------------------------------
     def plan(self, role: str) -> RewritePlan:
@@ -125,7 +131,7 @@ class DustinModel:
     def _make_plan(self, role: str) -> RewritePlan:
         cfg, prof = self.config, self.profile
         all_target = tuple(range(self.target.config.num_hidden_layers))
-        if role in ("draft_1", "draft_2"):
+        if role.startswith("draft_"):  # draft_1, draft_2, and the catch-up steps after gamma=0 iterations
             taps = prof.draft_layers if cfg.mode != "dense" and cfg.selector in LOOKAHEAD_SELECTORS else ()
             record = tuple(range(self.draft.config.num_hidden_layers)) if self.record_queries else ()
             return RewritePlan(attention="dense", score_taps=taps, window_attention=self.draft_attention == "window",
@@ -164,6 +170,7 @@ class DustinModel:
                 lambda: self._state.inputs(names, self.query_record(role, rows) if plan.query_taps else None),
                 masks=self.target_masks if is_target else self.draft_masks, inductor=inductor,
                 strict=self.config.strict, logits=not role.startswith("prefill"), id_max=id_max,
+                linear=self._linear if self.config.linear == "auto" else None,
             )
         return self._graphs[key]
 

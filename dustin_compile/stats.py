@@ -30,6 +30,8 @@ class GenerateStats:
     dense_passes: int = 0
     rolled_back: int = 0  # exact mode: provisional tokens a dense check replaced
     recovery: list[float] = field(default_factory=list)  # estimated recovery of each selection (history mass kept)
+    gammas: dict[int, int] = field(default_factory=dict)  # gamma="auto": iterations per chosen gamma
+    predicted: list[float] = field(default_factory=list)  # gamma="auto": the planner's tokens/s for each choice
     time_prefill: float = 0.0
     time_draft: float = 0.0
     time_select: float = 0.0
@@ -47,6 +49,11 @@ class GenerateStats:
         if not self.target_passes or not self.new_tokens:
             return 0.0
         return sum(self.new_tokens) / len(self.new_tokens) / self.target_passes
+
+    @property
+    def predicted_tokens_per_second(self) -> float:
+        """gamma="auto": the planner's expected tokens/s, averaged over its informed choices (0: none)."""
+        return sum(self.predicted) / len(self.predicted) if self.predicted else 0.0
 
     @property
     def time_decode(self) -> float:
@@ -71,6 +78,9 @@ class GenerateStats:
                                                 f"{self.time_verify:.2f} / {self.time_other:.2f} s"),
             ("decode tokens/s", f"{self.decode_tokens_per_second:.2f}"),
         ]
+        if self.gammas:
+            rows.append(("gamma chosen (iterations)", ", ".join(f"{g}: {n}" for g, n in sorted(self.gammas.items()))))
+            rows.append(("predicted tokens/s (mean)", f"{self.predicted_tokens_per_second:.2f}"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -86,6 +96,7 @@ class PhaseClock:
 
     def __init__(self, stats: GenerateStats, device: torch.device) -> None:
         self.stats, self.cuda = stats, device.type == "cuda"
+        self.last: dict[str, float] = {}  # phase -> seconds of its latest run (gamma="auto" learns from these)
 
     @contextmanager
     def __call__(self, phase: str):
@@ -97,5 +108,6 @@ class PhaseClock:
         finally:
             if self.cuda:
                 torch.cuda.synchronize()
-            name = f"time_{phase}"
-            setattr(self.stats, name, getattr(self.stats, name) + time.perf_counter() - start)
+            name, elapsed = f"time_{phase}", time.perf_counter() - start
+            self.last[phase] = elapsed
+            setattr(self.stats, name, getattr(self.stats, name) + elapsed)

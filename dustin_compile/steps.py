@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from dustin.passes import DustinBackend, PassError, PassReport, RewritePlan
+from dustin.passes import DustinBackend, LinearChooser, PassError, PassReport, RewritePlan
 
 from .cache import RowCache
 from .masks import MaskSpec
@@ -49,9 +49,10 @@ class StepGraph:
 
     def __init__(self, model: torch.nn.Module, role: str, plan: RewritePlan, get_cache: Callable[[], RowCache],
                  get_state: Callable[[], dict[str, torch.Tensor]], *, masks: MaskSpec, inductor: bool, strict: bool,
-                 logits: bool = True, id_max: int | None = None) -> None:
+                 logits: bool = True, id_max: int | None = None, linear: LinearChooser | None = None) -> None:
         self.role, self.plan, self.get_cache, self.id_max = role, plan, get_cache, id_max
-        self.backend = DustinBackend(plan, get_state, name=role, inductor=inductor, strict=strict)
+        self.calls = 0  # the first call captures (and compiles): the driver does not count it as a step's cost
+        self.backend = DustinBackend(plan, get_state, name=role, inductor=inductor, strict=strict, linear=linear)
         fn = _own_code(_make_forward(model, get_cache, masks, logits), f"{role}_{uuid.uuid4().hex[:8]}")
         self.compiled = torch.compile(fn, backend=self.backend, fullgraph=True, dynamic=False)
 
@@ -59,7 +60,9 @@ class StepGraph:
         if self.id_max is not None:
             input_ids = input_ids.clamp_max(self.id_max)
         try:
-            return self.compiled(input_ids, position_ids, seq_lens)
+            out = self.compiled(input_ids, position_ids, seq_lens)
+            self.calls += 1
+            return out
         except torch._dynamo.exc.BackendCompilerFailed as exc:
             # dynamo wraps what our backend raised; the user should see the pass's own error (as export does).
             if isinstance(getattr(exc, "inner_exception", None), PassError):

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 
 from .errors import PassError
-
+from .linear import LinearChooser, pack_linears
 from .match import find_attention, layer_of, node_value
 from .report import PassReport
 from .rewrite import EXPORT_OPS, RewritePlan, RewriteRecord, add_state_inputs, clean_up, rewrite_attention
@@ -89,12 +89,14 @@ class DustinBackend:
 
     inductor: compile the rewritten graph with Inductor (config patched only in scope); else run the FX graph as is
     (the rewrite without code generation: seconds to capture instead of tens of seconds to compile).
+    linear: a ``LinearChooser``: multi-row linears run MKL's packed GEMM where it measures faster (linear.py); the
+    packed weights are appended to each call after the state. ``None`` leaves every linear as traced.
     """
 
     def __init__(self, plan: RewritePlan, state_source: StateSource, *, name: str, inductor: bool,
-                 strict: bool = True) -> None:
+                 strict: bool = True, linear: LinearChooser | None = None) -> None:
         self.plan, self.state_source, self.name = plan, state_source, name
-        self.inductor, self.strict = inductor, strict
+        self.inductor, self.strict, self.linear = inductor, strict, linear
         self.reports: list[PassReport] = []
         self.graph_modules: list[fx.GraphModule] = []  # the rewritten graphs, for inspection
 
@@ -103,18 +105,29 @@ class DustinBackend:
         state = self.state_source()
         gm = copy_graph_module(gm)  # dynamo still reads the graph it handed us: rewrite a copy
         self.reports.append(run_passes(gm, self.plan, state, self.name, self.strict))
+        packed = None
+        if self.linear is not None and not self.plan.portable:
+            packed = pack_linears(gm, example_inputs, self.linear, opaque=self.inductor)
+            self.reports[-1].linears = packed.choices
         self.graph_modules.append(gm)
         compiled: Callable = gm
         if self.inductor:
             from torch._inductor import config as inductor_config
             from torch._inductor.compile_fx import compile_fx
 
+            extra = packed.inputs(tuple(example_inputs), self.linear.packed) if packed else []
             with inductor_config.patch({"fx_graph_cache": True}):
-                compiled = compile_fx(gm, list(example_inputs) + [state[k] for k in names])
+                compiled = compile_fx(gm, list(example_inputs) + [state[k] for k in names] + extra)
         source = self.state_source
+        if packed and packed.weight_inputs:
+            store = self.linear.packed
 
-        def run(*args):
-            current = source()
-            return compiled(*args, *(current[k] for k in names))
+            def run(*args):
+                current = source()
+                return compiled(*args, *(current[k] for k in names), *packed.inputs(args, store))
+        else:
+            def run(*args):
+                current = source()
+                return compiled(*args, *(current[k] for k in names))
 
         return run

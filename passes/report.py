@@ -11,6 +11,7 @@ from .rewrite import RewriteRecord
 class PassReport:
     graph: str
     records: list[RewriteRecord] = field(default_factory=list)
+    linears: dict[str, str] = field(default_factory=dict)  # linear node -> "packed" / "plain" (passes/linear.py)
 
     @property
     def rewritten(self) -> int:
@@ -29,7 +30,9 @@ class PassReport:
         counts: dict[str, int] = {}
         for r in self.records:
             counts[r.action] = counts.get(r.action, 0) + 1
-        return f"{self.graph}: " + ", ".join(f"{n} {action}" for action, n in counts.items())
+        line = f"{self.graph}: " + ", ".join(f"{n} {action}" for action, n in counts.items())
+        packed = sum(choice == "packed" for choice in self.linears.values())
+        return line + (f"; {packed}/{len(self.linears)} linears packed" if self.linears else "")
 
     def table(self) -> str:
         rows = [("layer", "node", "action", "reason")]

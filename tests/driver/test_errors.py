@@ -30,7 +30,7 @@ def test_unknown_override_lists_valid_fields(target, draft):
 
 
 def test_gamma_below_one(target, draft):
-    with pytest.raises(ValueError, match=r"DustinConfig.gamma must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"DustinConfig.gamma must be an integer >= 1 or 'auto', got 0"):
         dustin.compile(target, draft, gamma=0)
 
 

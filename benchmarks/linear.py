@@ -1,0 +1,160 @@
+"""What a multi-row step costs against a one-row step, per linear and per whole verification, plain vs packed.
+
+    python benchmarks/linear.py --rows 2 5 --context 4096
+
+Per linear: every distinct linear of the real pair (q/k/v/o, gate/up/down, lm_head of each model) run through all
+of its model's layers in turn (the weights leave the cache as in a real step), 1 row with ``F.linear`` against
+``--rows`` rows with ``F.linear`` and with MKL's packed GEMM (passes/linear.py). Per step: the target's compiled
+dense verification graph (``backend="eager"``) at ``--context`` cached tokens, batch 1, 1 row against each of
+``--rows`` rows, with ``linear="plain"`` and ``linear="auto"`` (what dustin does by default). Ratios are medians of
+``--repeats`` within this one run. Writes a CSV and a PNG under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dustin  # noqa: E402
+from dustin import assets  # noqa: E402
+from dustin.kernels import pack_weight  # noqa: E402
+from dustin.passes.linear import median_ms  # noqa: E402
+from texts import long_prompts  # noqa: E402
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", help=f"target checkpoint directory [dustin.assets' {assets.DEFAULT_PAIR}]")
+    p.add_argument("--draft", help="draft checkpoint directory [the default pair's, with --target unset]")
+    p.add_argument("--rows", type=int, nargs="+", default=[2, 5])
+    p.add_argument("--context", type=int, default=4096, help="cached tokens for the per-step measurement (0: skip)")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = p.parse_args()
+    if (args.target is None) != (args.draft is None):
+        p.error("give both --target and --draft, or neither (dustin.assets' default pair)")
+    if args.target is None:
+        args.target, args.draft = map(str, assets.pair_dirs())
+    return args
+
+
+def linear_groups(model) -> dict[str, list[torch.nn.Linear]]:
+    """Linear name -> that linear of every layer (the LM head: one)."""
+    groups = {name: [getattr(layer.self_attn if name[0] in "qkvo" else layer.mlp, name) for layer in
+                     model.model.layers] for name in LINEARS}
+    groups["lm_head"] = [model.lm_head]
+    return groups
+
+
+def per_linear(name: str, model, rows: list[int], repeats: int) -> list[dict]:
+    out = []
+    for linear_name, mods in linear_groups(model).items():
+        weights = [m.weight for m in mods]
+        biases = [m.bias for m in mods]
+        width = weights[0].shape[1]
+        packed = [pack_weight(w) for w in weights]
+
+        def plain(x):
+            for w, b in zip(weights, biases):
+                torch.nn.functional.linear(x, w, b)
+
+        def fast(x):
+            for w, p, b in zip(weights, packed, biases):
+                torch.ops.mkl._mkl_linear(x, p, w, b, x.shape[0])
+
+        one = median_ms(lambda: plain(torch.randn(1, width)), repeats) / len(mods)
+        row = {"model": name, "linear": linear_name, "shape": "x".join(map(str, weights[0].shape)),
+               "one_row_ms": round(one, 3)}
+        for r in rows:
+            x = torch.randn(r, width)
+            row[f"plain_{r}"] = round(median_ms(lambda: plain(x), repeats) / len(mods) / one, 2)
+            row[f"packed_{r}"] = round(median_ms(lambda: fast(x), repeats) / len(mods) / one, 2)
+        out.append(row)
+        print(f"  {name:6s} {linear_name:9s} {row['shape']:>11s} 1 row {one:7.2f} ms  " + "  ".join(
+            f"{r} rows: plain {row[f'plain_{r}']:.2f}x packed {row[f'packed_{r}']:.2f}x" for r in rows), flush=True)
+        del packed
+    return out
+
+
+def per_step(target, draft, tokenizer, rows: list[int], context: int, repeats: int) -> list[dict]:
+    prompt = torch.tensor(long_prompts(tokenizer, context, 1))
+    out = []
+    base = dustin.compile(target, draft, mode="dense", backend="eager", linear="plain")
+    base.generate(prompt, max_new_tokens=1)  # prefill once; the siblings share the cache
+    for linear in ("plain", "auto"):
+        model = base.with_config(linear=linear)
+        model.generate(prompt, max_new_tokens=1)  # builds this sibling's decode state (the prefill is shared)
+        times = {}
+        for r in [1, *rows]:
+            graph = model.graph("verify", r)
+            pos = torch.arange(context - 1, context - 1 + r)[None]
+            ids = prompt[:, -1:].expand(1, r).contiguous()
+            seq_lens = model._state.seq_lens.copy_(pos[:, 0])
+            times[r] = median_ms(lambda: graph(ids, pos, seq_lens), repeats)  # rewrites the same positions
+        for r in rows:
+            out.append({"linear": linear, "context": context, "rows": r, "one_row_ms": round(times[1], 1),
+                        "rows_ms": round(times[r], 1), "ratio": round(times[r] / times[1], 2)})
+            print(f"  verify step, linear={linear}, {context} cached: 1 row {times[1]:.0f} ms, {r} rows "
+                  f"{times[r]:.0f} ms ({times[r] / times[1]:.2f}x)", flush=True)
+    return out
+
+
+def plot(linears: list[dict], rows: list[int], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['model']} {r['linear']}" for r in linears]
+    fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.6), 4))
+    width = 0.8 / (2 * len(rows))
+    for i, r in enumerate(rows):
+        for j, kind in enumerate(("plain", "packed")):
+            xs = [k + (2 * i + j) * width for k in range(len(labels))]
+            ax.bar(xs, [row[f"{kind}_{r}"] for row in linears], width, label=f"{r} rows, {kind}")
+    ax.axhline(1.5, color="k", linestyle="--", linewidth=0.8, label="1.5x target")
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(labels))], labels, rotation=60, ha="right")
+    ax.set_ylabel("time / time of 1 row (F.linear)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    args = parse()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_grad_enabled(False)
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads; fp32", flush=True)
+    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, attn_implementation="sdpa").eval()
+    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32, attn_implementation="sdpa").eval()
+    linears = per_linear("target", target, args.rows, args.repeats) + per_linear("draft", draft, args.rows,
+                                                                                 args.repeats)
+    steps = []
+    if args.context:
+        steps = per_step(target, draft, AutoTokenizer.from_pretrained(args.target), args.rows, args.context,
+                         args.repeats)
+    os.makedirs(args.out, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for rows_, kind in ((linears, "linears"), (steps, "steps")):
+        if rows_:
+            with open(os.path.join(args.out, f"linear-{kind}-{stamp}.csv"), "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows_[0]))
+                writer.writeheader()
+                writer.writerows(rows_)
+    plot(linears, args.rows, os.path.join(args.out, f"linear-{stamp}.png"))
+    print(f"wrote {args.out}/linear-*-{stamp}.csv and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``gamma="auto"``: choose the draft length of every iteration from measured step costs and acceptance.
+
+Each iteration commits, per row, the accepted drafts plus one token of the target's. With ``alpha[i]`` the
+probability that draft token ``i`` is accepted once the ones before it were, gamma drafts commit on average
+
+    E(gamma) = 1 + sum_{k=1..gamma} prod_{i<=k} alpha[i]
+
+tokens per row, and cost ``T(gamma) = draft(gamma) + verify(gamma + 1 rows) + other``: the draft phase (its
+first step may re-run committed tokens, then one-row steps), the verification, and what the loop spends outside
+the models (selection, acceptance, bookkeeping; an exact-mode check is left out: its cost per token does not
+depend on gamma). ``GammaPlanner.choose`` takes the
+gamma in 0..gamma_max with the most expected tokens per second, ``E / T``; gamma = 0 is plain decoding (the target
+alone; the draft catches up on those tokens when speculation resumes, at a multi-row step's cost).
+
+Both sides are measured as decoding runs, never assumed: every phase's wall time (the clock the loop keeps anyway:
+no extra device sync) is kept per (kind, gamma or rows) and per context bucket (a power of two of the longest row:
+costs grow with the context) as an exponential moving average; acceptance is counted per draft position with the
+same decay, starting from a weak prior. Each gamma is tried once per bucket before the model is trusted; a cost
+not measured at this bucket is interpolated (or borrowed from the nearest bucket). The planner lives on the model,
+so what one ``generate`` call learnt serves the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DECAY = 0.3  # weight of a new measurement in the moving averages
+PRIOR_TRIED, PRIOR_ACCEPTED = 2.0, 1.0  # acceptance starts at 0.5, as if two drafts had been tried
+
+
+def context_bucket(length: int) -> int:
+    """Costs are kept per power of two of the context (1k, 2k, 4k, ...)."""
+    return max(int(length), 1).bit_length()
+
+
+@dataclass
+class GammaPlanner:
+    gamma_max: int
+    costs: dict[tuple[str, int, int], float] = field(default_factory=dict)  # (kind, rows, bucket) -> seconds
+    tried: list[float] = field(default_factory=list)
+    accepted: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tried = [PRIOR_TRIED] * self.gamma_max
+        self.accepted = [PRIOR_ACCEPTED] * self.gamma_max
+
+    # ---- what was measured ------------------------------------------------------------------------------------
+    def record_cost(self, kind: str, rows: int, context: int, seconds: float) -> None:
+        key = (kind, rows, context_bucket(context))
+        old = self.costs.get(key)
+        self.costs[key] = seconds if old is None else (1 - DECAY) * old + DECAY * seconds
+
+    def record_acceptance(self, gamma: int, accepted: list[int]) -> None:
+        """One iteration's outcome: ``accepted[b]`` drafts of ``gamma`` accepted in active row b. Position i was
+        tried in every row that accepted all before it; it was accepted where the row accepted at least i."""
+        if not gamma or not accepted:
+            return
+        for i in range(gamma):
+            tried = sum(a >= i for a in accepted)
+            if tried:
+                hit = sum(a > i for a in accepted)
+                self.tried[i] = (1 - DECAY) * self.tried[i] + DECAY * tried
+                self.accepted[i] = (1 - DECAY) * self.accepted[i] + DECAY * hit
+
+    # ---- the model --------------------------------------------------------------------------------------------
+    def alphas(self) -> list[float]:
+        return [a / t for a, t in zip(self.accepted, self.tried)]
+
+    def expected_tokens(self, gamma: int) -> float:
+        total, run = 1.0, 1.0
+        for alpha in self.alphas()[:gamma]:
+            run *= alpha
+            total += run
+        return total
+
+    def cost(self, kind: str, rows: int, context: int) -> float | None:
+        """The (kind, rows) cost at this context's bucket: measured, else interpolated linearly over the measured row
+        counts of that kind (a draft of 0 tokens costs 0), else flat past the last measured; buckets without a
+        measurement of the kind borrow the nearest one's. None: nothing measured."""
+        bucket = context_bucket(context)
+        buckets = sorted({b for k, _, b in self.costs if k == kind}, key=lambda b: (abs(b - bucket), -b))
+        if not buckets:
+            return None
+        known = {r: c for (k, r, b), c in self.costs.items() if k == kind and b == buckets[0]}
+        if kind == "draft":
+            known.setdefault(0, 0.0)
+        if rows in known:
+            return known[rows]
+        below = [r for r in known if r < rows]
+        above = [r for r in known if r > rows]
+        if below and above:
+            r0, r1 = max(below), min(above)
+            return known[r0] + (known[r1] - known[r0]) * (rows - r0) / (r1 - r0)
+        return known[max(below) if below else min(above)]
+
+    def iteration_time(self, gamma: int, context: int) -> float | None:
+        """Seconds of one iteration drafting ``gamma`` tokens (None: its verification was never measured)."""
+        verify = self.cost("verify", gamma + 1, context)
+        if verify is None:
+            return None
+        draft = self.cost("draft", gamma, context) if gamma else 0.0
+        return verify + (draft or 0.0) + (self.cost("other", 1, context) or 0.0)
+
+    def predict(self, context: int) -> dict[int, float | None]:
+        """gamma -> expected committed tokens per second per row (None: not measured enough yet)."""
+        out = {}
+        for gamma in range(self.gamma_max + 1):
+            t = self.iteration_time(gamma, context)
+            out[gamma] = self.expected_tokens(gamma) / t if t else None
+        return out
+
+    def choose(self, context: int) -> tuple[int, float | None]:
+        """(gamma, its predicted tokens/s per row, or None while exploring). Each gamma is measured once per context
+        bucket before the model is trusted (gamma_max first, then 0, then the rest downwards): the verification's
+        cost is not linear in its rows, so interpolation alone could hide the best choice."""
+        bucket = context_bucket(context)
+        measured = {r for k, r, b in self.costs if k == "verify" and b == bucket}
+        for gamma in (self.gamma_max, 0, *range(self.gamma_max - 1, 0, -1)):
+            if gamma + 1 not in measured:
+                return gamma, None
+        rates = self.predict(context)
+        best = max(rates, key=lambda g: rates[g])
+        return best, rates[best]
