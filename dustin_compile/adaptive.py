@@ -15,17 +15,23 @@ alone; the draft catches up on those tokens when speculation resumes, at a multi
 Both sides are measured as decoding runs, never assumed: every phase's wall time (the clock the loop keeps anyway:
 no extra device sync) is kept per (kind, gamma or rows) and per context bucket (a power of two of the longest row:
 costs grow with the context) as an exponential moving average; acceptance is counted per draft position with the
-same decay, starting from a weak prior. Each gamma is tried once per bucket before the model is trusted; a cost
-not measured at this bucket is interpolated (or borrowed from the nearest bucket). The planner lives on the model,
-so what one ``generate`` call learnt serves the next.
+a longer memory, starting from a weak prior. Each gamma is tried once per bucket before the model is trusted, and
+every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0 still learns whether the
+draft became worth running); a cost not measured at this bucket is interpolated (or borrowed from the nearest
+bucket). The planner lives on the model, so what one ``generate`` call learnt serves the next.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DECAY = 0.3  # weight of a new measurement in the moving averages
+DECAY = 0.3  # weight of a new cost measurement in its moving average
+ACCEPT_DECAY = 0.1  # acceptance is noisier (a handful of rows per iteration): a longer memory
 PRIOR_TRIED, PRIOR_ACCEPTED = 2.0, 1.0  # acceptance starts at 0.5, as if two drafts had been tried
+# Every PROBE_EVERY-th informed choice takes a neighbour of the best gamma instead: otherwise a gamma = 0 streak
+# would never measure acceptance again, and a neighbour's cost measured once in a noisy moment would never be
+# corrected. It costs at most 1/PROBE_EVERY of the iterations at a near-best choice.
+PROBE_EVERY = 16
 
 
 def context_bucket(length: int) -> int:
@@ -39,6 +45,7 @@ class GammaPlanner:
     costs: dict[tuple[str, int, int], float] = field(default_factory=dict)  # (kind, rows, bucket) -> seconds
     tried: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
+    choices: int = 0  # informed choices so far (probes are counted among them)
 
     def __post_init__(self) -> None:
         self.tried = [PRIOR_TRIED] * self.gamma_max
@@ -59,8 +66,8 @@ class GammaPlanner:
             tried = sum(a >= i for a in accepted)
             if tried:
                 hit = sum(a > i for a in accepted)
-                self.tried[i] = (1 - DECAY) * self.tried[i] + DECAY * tried
-                self.accepted[i] = (1 - DECAY) * self.accepted[i] + DECAY * hit
+                self.tried[i] = (1 - ACCEPT_DECAY) * self.tried[i] + ACCEPT_DECAY * tried
+                self.accepted[i] = (1 - ACCEPT_DECAY) * self.accepted[i] + ACCEPT_DECAY * hit
 
     # ---- the model --------------------------------------------------------------------------------------------
     def alphas(self) -> list[float]:
@@ -120,4 +127,10 @@ class GammaPlanner:
                 return gamma, None
         rates = self.predict(context)
         best = max(rates, key=lambda g: rates[g])
+        self.choices += 1
+        if self.choices % PROBE_EVERY == 0:  # a probe: the neighbour of the best, alternating sides
+            side = 1 if (self.choices // PROBE_EVERY) % 2 else -1
+            if not 0 <= best + side <= self.gamma_max:
+                side = -side  # at an end of the range: its one neighbour
+            best += side
         return best, rates[best]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dustin
-from dustin.adaptive import GammaPlanner, context_bucket
+from dustin.adaptive import ACCEPT_DECAY, PROBE_EVERY, GammaPlanner, context_bucket
 from dustin.flags import add_config_arguments, config_overrides
 from helpers import always_wrong_draft, left_padded, random_prompts, tiny_model
 
@@ -90,9 +90,22 @@ def test_acceptance_counts_per_position():
     planner = GammaPlanner(3)
     planner.tried, planner.accepted = [0.0] * 3, [0.0] * 3
     planner.record_acceptance(3, [3, 1, 0, 0])  # row 0 all; row 1 first only; rows 2-3 none
-    tried = [t / 0.3 for t in planner.tried]
-    accepted = [a / 0.3 for a in planner.accepted]
+    tried = [t / ACCEPT_DECAY for t in planner.tried]
+    accepted = [a / ACCEPT_DECAY for a in planner.accepted]
     assert tried == pytest.approx([4, 2, 1]) and accepted == pytest.approx([2, 1, 1])
+
+
+def test_probes_keep_a_gamma_zero_streak_learning():
+    planner = GammaPlanner(4)
+    _measured(planner, 3000, verify=lambda rows: 0.1 * rows, draft_step=0.05)
+    planner.tried, planner.accepted = [1.0] * 4, [0.0] * 4  # a useless draft: 0 is best
+    picks = [planner.choose(3000)[0] for _ in range(4 * PROBE_EVERY)]
+    assert picks.count(0) == 4 * PROBE_EVERY - 4 and picks.count(1) == 4  # one probe of gamma = 1 per period
+    planner.tried, planner.accepted = [1.0] * 4, [1.0] * 4  # the draft became perfect (as the probes measure)
+    planner.costs.clear()
+    _measured(planner, 3000, verify=lambda rows: 0.1, draft_step=0.01)
+    picks = [planner.choose(3000)[0] for _ in range(2 * PROBE_EVERY)]
+    assert picks.count(4) == 2 * PROBE_EVERY - 2 and picks.count(3) == 2
 
 
 class Scripted:
