@@ -10,7 +10,8 @@ with history scores), ``dense`` (classic speculative decoding), ``sparse`` (Dust
 ``sparse:<selector>`` (a selector baseline at the same budget), ``hf-ar`` / ``hf-assisted`` (transformers' own
 generate, stock SDPA; their time includes prefill, reported separately). Append ``+window`` to an arm to give its
 draft a sink + recent KV window (``draft_kv="window"``). Every dustin arm shares one prefill
-(``DustinModel.with_config``), compiles outside the timed calls, and reports the median decode tokens/s of ``--repeats`` runs
+(``DustinModel.with_config``), compiles outside the timed calls (a ``gamma="auto"`` arm also decodes once untimed:
+its planner measures every gamma once per context bucket, which a long-lived server pays once), and reports the median decode tokens/s of ``--repeats`` runs
 (prefill excluded; the min-max is in the note), tau, passes,
 the time split, and agreement with the ``dense`` arm's greedy tokens. Prints a table, writes CSV and a PNG plot.
 """
@@ -78,7 +79,8 @@ def load(args):
 def arm_config(arm: str) -> tuple[dict, bool]:
     """(DustinConfig overrides, use_draft) for a dustin arm; a ``+window`` suffix gives the draft a KV window;
     ``@g<N>`` fixes gamma (``@auto``: chosen per iteration), ``@plain`` keeps every linear as traced (no packed
-    multi-row GEMMs): ``dense@g4``, ``ar@plain``, ``sparse+window@auto``."""
+    multi-row GEMMs), ``@v<K>`` lets the draft score only the profile's K most frequent tokens (``draft_vocab``):
+    ``dense@g4``, ``ar@plain``, ``sparse+window@auto``, ``dense@g1@v16384``."""
     arm, *tags = arm.split("@")
     overrides = {}
     for tag in tags:
@@ -88,8 +90,10 @@ def arm_config(arm: str) -> tuple[dict, bool]:
             overrides["gamma"] = "auto"
         elif tag.startswith("g") and tag[1:].isdigit():
             overrides["gamma"] = int(tag[1:])
+        elif tag.startswith("v") and tag[1:].isdigit():
+            overrides["draft_vocab"] = int(tag[1:])
         else:
-            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto or @plain)")
+            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto, @plain or @v<K>)")
     if arm.endswith("+window"):
         arm, overrides["draft_kv"] = arm.removesuffix("+window"), "window"
     if arm == "ar":
@@ -107,6 +111,8 @@ def run_dustin(arm, args, first, ids):
     model = first.with_config(**overrides)
     start = time.perf_counter()
     model.warmup(ids, max_new_tokens=args.new_tokens, use_draft=use_draft)  # prefill (first arm) + compiles
+    if model.config.adaptive and use_draft:  # gamma="auto" learns its costs once, as a long-lived server would
+        model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft)
     warm_s = time.perf_counter() - start
     # Repeats run back to back on the prefilled cache (no prefill inside them); the median run is reported.
     runs = [model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft)

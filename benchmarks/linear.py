@@ -38,6 +38,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rows", type=int, nargs="+", default=[2, 5])
     p.add_argument("--context", type=int, default=4096, help="cached tokens for the per-step measurement (0: skip)")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--skip-linears", action="store_true", help="only the per-step measurement")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args()
     if (args.target is None) != (args.draft is None):
@@ -138,8 +139,8 @@ def main() -> None:
           f"threads; fp32", flush=True)
     target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, attn_implementation="sdpa").eval()
     draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32, attn_implementation="sdpa").eval()
-    linears = per_linear("target", target, args.rows, args.repeats) + per_linear("draft", draft, args.rows,
-                                                                                 args.repeats)
+    linears = [] if args.skip_linears else (per_linear("target", target, args.rows, args.repeats)
+                                            + per_linear("draft", draft, args.rows, args.repeats))
     steps = []
     if args.context:
         steps = per_step(target, draft, AutoTokenizer.from_pretrained(args.target), args.rows, args.context,
@@ -152,7 +153,8 @@ def main() -> None:
                 writer = csv.DictWriter(f, fieldnames=list(rows_[0]))
                 writer.writeheader()
                 writer.writerows(rows_)
-    plot(linears, args.rows, os.path.join(args.out, f"linear-{stamp}.png"))
+    if linears:
+        plot(linears, args.rows, os.path.join(args.out, f"linear-{stamp}.png"))
     print(f"wrote {args.out}/linear-*-{stamp}.csv and .png")
 
 

@@ -7,6 +7,7 @@
 
 from .calibrate import calibrate
 from .config import DustinConfig
+from .draftvocab import frequent_tokens
 from .errors import DustinError, ModelPairError, PassError, ProfileError
 from .exported import ExportedDustin, load_exported
 from .export_tensorrt import export_tensorrt
@@ -32,6 +33,7 @@ __all__ = [
     "compile",
     "export",
     "export_tensorrt",
+    "frequent_tokens",
     "generate",
     "load_exported",
 ]

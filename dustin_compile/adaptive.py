@@ -10,7 +10,8 @@ first step may re-run committed tokens, then one-row steps), the verification, a
 the models (selection, acceptance, bookkeeping; an exact-mode check is left out: its cost per token does not
 depend on gamma). ``GammaPlanner.choose`` takes the
 gamma in 0..gamma_max with the most expected tokens per second, ``E / T``; gamma = 0 is plain decoding (the target
-alone; the draft catches up on those tokens when speculation resumes, at a multi-row step's cost).
+alone; the draft catches up on those tokens when speculation resumes, in steps of up to 8 rows: that deferred
+cost, measured per token caught up, is charged to T(0), not to the gamma that happens to resume).
 
 Both sides are measured as decoding runs, never assumed: every phase's wall time (the clock the loop keeps anyway:
 no extra device sync) is kept per (kind, gamma or rows) and per context bucket (a power of two of the longest row:
@@ -105,7 +106,8 @@ class GammaPlanner:
         verify = self.cost("verify", gamma + 1, context)
         if verify is None:
             return None
-        draft = self.cost("draft", gamma, context) if gamma else 0.0
+        # gamma = 0 leaves the draft one more token to catch up on later: that deferred cost is this iteration's.
+        draft = self.cost("draft", gamma, context) if gamma else self.cost("catch_up", 1, context)
         return verify + (draft or 0.0) + (self.cost("other", 1, context) or 0.0)
 
     def predict(self, context: int) -> dict[int, float | None]:

@@ -21,8 +21,10 @@ from dustin.kernels import select_tokens
 
 from .cache import head_geometry
 from .config import DustinConfig
+from .draftvocab import frequent_tokens
 from .profile import DustinProfile, config_hash
 from .recording import record_windows
+from .validate import vocab_size
 
 M_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -50,7 +52,9 @@ def calibrate(target: torch.nn.Module, draft: torch.nn.Module, texts, config: Du
                     n_sink=n_sink, window=window, history_heads=history_heads, draft_layers=draft_layers,
                     draft_heads=draft_heads, max_dense_layers=max_dense_layers, worst_weight=worst_weight,
                     progress=progress)
-    return DustinProfile(target_hash=config_hash(target), draft_hash=config_hash(draft), budget=budget, **choice)
+    common = frequent_tokens(prompts, vocab_size(target))
+    return DustinProfile(target_hash=config_hash(target), draft_hash=config_hash(draft), budget=budget,
+                         frequent_tokens=common, **choice)
 
 
 def choose(records, t_layers: int, d_layers: int, *, budget: int, n_sink: int, window: int, history_heads: int,

@@ -57,6 +57,9 @@ class DustinConfig:
         and ``"full"`` in ``dense`` mode, where the window costs acceptance (the README has the measurements).
         Self-speculation (``dustin.compile(target)``, no draft model): ``"auto"`` is ``"window"`` in every mode.
     draft_layers: self-speculation only: the target layers the self-draft runs (``()``: all of them).
+    draft_vocab: the draft scores only the ``draft_vocab`` most frequent token ids of the calibration texts
+        (``profile.frequent_tokens``), not its whole vocabulary: its LM head reads that many rows per step. Lossless
+        (the target verifies every token); costs acceptance where the target's token falls outside them.
     linear: ``"auto"`` (default) — the linear layers of multi-row steps (verification, checks, two-token draft
         steps, prefill chunks) run MKL's packed GEMM wherever it measures at least 10 % faster than ``F.linear`` on
         this machine for that weight shape and row count (fp32 on x86 CPUs; measured once, kept in
@@ -88,6 +91,8 @@ class DustinConfig:
     exact_every: int = _field(8, "exact mode: provisional tokens per dense check")
     draft_layers: tuple[int, ...] = _field((), "self-speculation (no draft model): target layers the self-draft runs "
                                            "(default: all)")
+    draft_vocab: int | None = _field(None, "the draft scores only this many most frequent tokens (the profile's "
+                                     "frequent_tokens; lossless; default: its full vocabulary)")
     linear: str = _field("auto", "multi-row linears: MKL's packed GEMM where measured faster (auto), or as traced "
                          "(plain)", choices=LINEARS)
 
@@ -126,6 +131,8 @@ class DustinConfig:
                     f"({self.budget - self.n_sink - self.window})"
                 )
         _positive_int("draft_window", self.draft_window)
+        if self.draft_vocab is not None:
+            _positive_int("draft_vocab", self.draft_vocab, hint=" or None")
         if not isinstance(self.min_recovery, (int, float)) or not 0.0 <= self.min_recovery <= 1.0:
             raise ValueError(f"DustinConfig.min_recovery must be in [0, 1], got {self.min_recovery!r}")
         _positive_int("refresh_every", self.refresh_every, minimum=0)

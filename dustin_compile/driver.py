@@ -10,9 +10,10 @@ Everything it decides with is a function of tensors (``policy.choose_selection``
   ``n[b]-draft_need[b] .. n[b]-1``): 1, or 2 when every drafted token was accepted (the draft never ran on its own
   last proposal), or more after iterations without speculation (``gamma="auto"`` chose 0: the target decoded alone
   and the draft saw none of those tokens). Always 1 for a self-draft, which shares the target's cache: it must never
-  overwrite the K/V verification wrote (selfdraft.py). The first draft step takes the largest need over rows
-  (rounded up to a power of two past 2, so that few shapes are compiled); rows that need less recompute committed
-  positions, which rewrites the same K/V.
+  overwrite the K/V verification wrote (selfdraft.py). The first draft step takes the largest need over the rows
+  not settled (a larger need is met in pieces of ``CATCH_UP`` rows first; the last piece is rounded up to 4 or 8
+  rows, so that few shapes are compiled); rows that need less recompute committed positions, which rewrites the
+  same K/V.
 - ``active[b]``: row b still generates. Finished rows stop advancing (``n`` frozen); their forwards rewrite
   positions past their end, never read.
 - ``final[b]`` (exact mode): tokens confirmed by a dense pass; those past it are provisional (exact.py).
@@ -27,12 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import prefill_chunks, window_indices
+from .draftvocab import expand_logits
 from .exact import ExactCheck
 from .policy import Selection, choose_selection
 from .sampling import Sampling, accept_greedy, accept_sampling, choose
 from .selectors import LOOKAHEAD_SELECTORS, OBSERVE_ROWS, Signals, history_scores, oracle_scores, quest_scores
 from .selectors import snapkv_scores
 from .stats import GenerateOutput, GenerateStats, PhaseClock
+
+CATCH_UP = 8  # rows per draft catch-up step after gamma=0 iterations (gamma="auto"): draft_1/2/4/8 are all it needs
 
 
 class Generation:
@@ -86,6 +90,7 @@ class Generation:
         if self.planner is not None:
             self.choose_gamma()
         started, self.fresh, was_active = time.perf_counter(), False, self.active.clone()
+        self.catch_up = None  # (seconds, tokens) of the draft's catch-up this iteration (gamma="auto")
         with self.clock("draft"):
             drafted, draft_probs = self.draft()
         with self.clock("select"):
@@ -130,13 +135,24 @@ class Generation:
         if self.lookahead:
             self.state.lookahead.zero_()
             self.state.lookahead_seq_lens.copy_(self.n - 1).masked_fill_(self.settled(), 0)
-        first = int(self.draft_need[self.active].max())
+        live = ~self.settled()  # active rows, and in exact mode stopped rows a check may still reopen
+        first = int(self.draft_need[live].max())
         capacity = self.seq.shape[1]
-        rows = first if first <= 2 else min(1 << (first - 1).bit_length(), capacity)
+        began = time.perf_counter()
+        while first > CATCH_UP:  # catching up after gamma=0 iterations: pieces of CATCH_UP rows, oldest first
+            start = (self.n - first).clamp_min(0)
+            pos = self.positions(start, CATCH_UP)
+            self.forward(f"draft_{CATCH_UP}", self.seq.gather(1, pos.clamp_max(capacity - 1)), pos)
+            first -= CATCH_UP
+        rows = first if first <= 2 else 1 << (first - 1).bit_length()  # 1, 2, 4 or 8: few compiled shapes
         start = (self.n - rows).clamp_min(0)  # the last `rows` committed positions (from 0 in a shorter row)
         pos = self.positions(start, rows)
         logits = self.draft_logits(f"draft_{rows}", self.seq.gather(1, pos.clamp_max(capacity - 1)), pos,
                                    last=self.n - 1 - start)
+        if rows > 2 and self.planner is not None:  # what the gamma=0 iterations before cost the draft, deferred
+            if self.seq.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.catch_up = (time.perf_counter() - began, int(self.draft_need[live].max()) - 1)
         tokens, probs = [], []
         for i in range(self.gamma):
             if i:
@@ -234,6 +250,11 @@ class Generation:
         if self.fresh or role != "verify":
             return
         context, draft, verify = self.context(), costs.get("draft", 0.0), costs.get("verify", 0.0)
+        if self.catch_up is not None:  # charged to the gamma=0 iterations that caused it, per token
+            seconds, tokens = self.catch_up
+            draft = max(0.0, draft - seconds)
+            if tokens > 0:
+                self.planner.record_cost("catch_up", 1, context, seconds / tokens)
         if self.gamma:
             self.planner.record_cost("draft", self.gamma, context, draft)
         self.planner.record_cost("verify", self.verify_rows, context, verify)
@@ -266,6 +287,9 @@ class Generation:
             logits = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[-1]))[:, 0].float()
         if self.recorder is not None:
             self.recorder.drafted(role, ids.shape[1])
+        draft_ids = getattr(self.model, "draft_ids", None)
+        if draft_ids is not None:  # draft_vocab: scores of K ids -> the full vocabulary, -inf elsewhere
+            logits = expand_logits(logits, draft_ids, self.model.vocab_size)
         pad = self.model.vocab_size - logits.shape[-1]
         if pad > 0:  # the target's table is padded past the shared tokenizer: the draft never proposes those ids
             logits = torch.nn.functional.pad(logits, (0, pad), value=float("-inf"))
@@ -376,6 +400,8 @@ class Generation:
         roles = [("draft_1", 1)] if self.gamma_max else []
         if self.gamma_max and not self.state.caches.shared:  # a self-draft never re-runs a committed position
             roles.append(("draft_2", 2))
+            if self.planner is not None:  # catching up after gamma=0 iterations
+                roles += [("draft_4", 4), (f"draft_{CATCH_UP}", CATCH_UP)]
         for rows in (range(1, self.gamma_max + 2) if self.planner is not None else (self.verify_rows,)):
             roles.append(("verify", rows))
             if cfg.mode != "dense":

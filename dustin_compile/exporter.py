@@ -71,6 +71,9 @@ def export(model: DustinModel, example_input_ids: torch.Tensor, attention_mask: 
     ``generate`` runs: a model the pass refuses raises the same ``PassError``. The programs verify a fixed number
     of rows: ``gamma="auto"`` is exported as ``gamma=gamma_max`` (the manifest records it).
     """
+    if model.config.draft_vocab is not None:
+        raise ValueError("export does not support draft_vocab yet (the runner would need the restricted head's ids); "
+                         "export model.with_config(draft_vocab=None)")
     if model.config.adaptive:
         model = model.with_config(gamma=model.config.gamma_max)
     prompts = prompts_from(example_input_ids, attention_mask, model.vocab_size)

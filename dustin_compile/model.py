@@ -23,6 +23,7 @@ from .state import CacheStore, DecodeState
 from .steps import StepGraph
 from .errors import ModelPairError
 from .selfdraft import is_self_draft, self_draft
+from .draftvocab import restricted_draft
 from .validate import check_dense_layers, check_model, check_pair, longrope_limit, prompts_from, vocab_size
 
 TARGET_ROLES = ("prefill_target", "verify", "verify_dense", "verify_oracle", "check", "observe")
@@ -87,6 +88,12 @@ class DustinModel:
             warnings.warn(f"dustin: the profile was calibrated at budget {self.profile.budget}, but budget is "
                           f"{config.budget}: its choices may not fit; recalibrate with budget={config.budget}",
                           stacklevel=3)
+        # draft_vocab: the draft's decode steps run a view whose LM head holds only the profile's K most frequent
+        # token ids (draftvocab.py); the driver maps its logits back to the full vocabulary.
+        self.draft_ids, self._draft_view = None, None
+        if config.draft_vocab is not None:
+            self.draft_ids = _draft_ids(self.profile, config.draft_vocab, vocab_size(draft), self.device)
+            self._draft_view = restricted_draft(draft, self.draft_ids)
         self.dense_layers = frozenset(config.dense_layers or self.profile.dense_layers)
         check_dense_layers(target, self.dense_layers)
         free = config.budget - config.n_sink - config.window
@@ -155,7 +162,7 @@ class DustinModel:
         key = (role, rows, caches.batch, caches.capacity)
         if key not in self._graphs:
             is_target = role in TARGET_ROLES
-            model = self.target if is_target else self.draft
+            model = self.target if is_target else (self._draft_view or self.draft)
             plan = self.plan(role)
             names = plan.state_names()
             get_cache = (lambda: self._state.caches.target) if is_target else (lambda: self._state.caches.draft)
@@ -286,6 +293,21 @@ def decode(model, args, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
         out = gen.run()
     out.sequences = _hf_sequences(input_ids, gen, args.pad_token_id)
     return out
+
+
+def _draft_ids(profile: DustinProfile, k: int, draft_vocab: int, device: torch.device) -> torch.Tensor:
+    """The profile's ``k`` most frequent token ids, sorted: the rows of the restricted draft head."""
+    if k > draft_vocab:
+        raise ValueError(f"DustinConfig.draft_vocab ({k}) exceeds the draft's vocabulary ({draft_vocab}): lower it, "
+                         "or leave it None for the full vocabulary")
+    if len(profile.frequent_tokens) < k:
+        raise ValueError(f"draft_vocab={k} needs the {k} most frequent token ids from a profile, which holds "
+                         f"{len(profile.frequent_tokens)}: pass profile= from dustin.calibrate (it counts its texts), or "
+                         "dataclasses.replace(profile, frequent_tokens=dustin.frequent_tokens(token_ids, vocab_size))")
+    ids = torch.tensor(sorted(profile.frequent_tokens[:k]), dtype=torch.long)
+    if int(ids[-1]) >= draft_vocab:
+        raise ValueError(f"the profile's frequent_tokens hold ids past the draft's vocabulary ({draft_vocab})")
+    return ids.to(device)
 
 
 def _bucket(needed: int) -> int:

@@ -33,6 +33,9 @@ class DustinProfile:
     m_fraction: share of the free budget (budget − sink − window) given to the draft's top positions.
     dense_layers: target layers kept dense in sparse verification.
     recovery: per target layer, the mean attention recovery measured at calibration (for the report).
+    frequent_tokens: token ids by descending frequency in the calibration texts (up to 32,768; ``draft_vocab=K``
+        lets the draft score the first K: draftvocab.py). Replace it with ``dustin.frequent_tokens`` of a larger
+        corpus: ``dataclasses.replace(profile, frequent_tokens=...)``.
     """
 
     target_hash: str
@@ -45,11 +48,15 @@ class DustinProfile:
     budget: int | None = None
     recovery: list[float] = field(default_factory=list)
     objective: float | None = None
+    frequent_tokens: tuple[int, ...] = ()
     version: int = PROFILE_VERSION
 
     def save(self, path: str) -> None:
+        raw = asdict(self)
+        tokens, raw["frequent_tokens"] = raw["frequent_tokens"], "@TOKENS@"  # tens of thousands of ids: one line
+        text = json.dumps(raw, indent=2).replace('"@TOKENS@"', json.dumps(list(tokens)))
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f, indent=2)
+            f.write(text)
 
     @classmethod
     def load(cls, path: str) -> DustinProfile:
@@ -66,6 +73,7 @@ class DustinProfile:
         raw["history_heads"] = tuple(raw["history_heads"])
         raw["draft_layers"] = tuple((int(layer), tuple(heads)) for layer, heads in raw["draft_layers"])
         raw["dense_layers"] = tuple(raw["dense_layers"])
+        raw["frequent_tokens"] = tuple(int(i) for i in raw.get("frequent_tokens", ()))  # absent before 2026-12
         return cls(**raw)
 
     def check(self, target: torch.nn.Module, draft: torch.nn.Module) -> None:

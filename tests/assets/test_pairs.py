@@ -244,6 +244,9 @@ def test_the_default_pair_ships_a_profile_that_loads():
     assert path == assets.pair_profile(assets.DEFAULT_PAIR) and path.is_file() and path.parent == assets.PROFILES
     profile = dustin.DustinProfile.load(path)
     assert isinstance(profile, dustin.DustinProfile) and len(profile.target_hash) == len(profile.draft_hash) == 16
+    # draft_vocab reads these: distinct ids of the pair's 151,936-row heads (counted on Austen's novels)
+    tokens = profile.frequent_tokens
+    assert len(tokens) == 32768 and len(set(tokens)) == len(tokens) and 0 <= min(tokens) and max(tokens) < 151936
     for name, spec in assets.PAIRS.items():  # every profile the table names is in the package
         assert spec.profile is None or assets.pair_profile(name).is_file(), name
 

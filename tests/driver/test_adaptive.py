@@ -128,14 +128,15 @@ class Scripted:
 
 @pytest.mark.parametrize("mode", ["dense", "exact"])
 def test_any_gamma_sequence_decodes_the_targets_greedy_tokens(mode):
-    """Runs of gamma = 0 leave the draft behind by up to 7 tokens; it catches up in one multi-row step (rounded up
-    to 4 or 8 rows, re-running committed positions) and must then hold exactly the K/V a fresh prefill computes."""
+    """Runs of gamma = 0 leave the draft behind by up to 21 tokens; it catches up in pieces of 8 rows, the last one
+    rounded up to 1, 2, 4 or 8 rows (re-running committed positions), and must then hold exactly the K/V a fresh
+    prefill computes."""
     target = tiny_model("llama", num_hidden_layers=3, seed=11)
     draft = copy.deepcopy(target)  # always right: any stale draft K/V shows up as a rejected token
     ids, mask = left_padded(random_prompts([29, 18, 40], seed=12))
     model = dustin.compile(target, draft, mode=mode, gamma_max=4, max_length=256, **OPTS)
     expected = model.generate(ids, mask, max_new_tokens=45, use_draft=False).sequences
-    model.planner = Scripted([0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 2, 4, 4])
+    model.planner = Scripted([0] * 19 + [3, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 2, 4, 4])
     out = model.generate(ids, mask, max_new_tokens=45)
     assert torch.equal(out.sequences, expected)
     assert out.stats.accepted and sum(out.stats.accepted) > 0
@@ -148,7 +149,7 @@ def test_any_gamma_sequence_decodes_the_targets_greedy_tokens(mode):
             text = out.sequences[b, ids.shape[1] - len(prompt):]
             text = text[: len(prompt) + 45]
             ref = draft(text[None], use_cache=True)
-            done = len(text) - 10  # positions the draft surely processed (it may lag by a gamma=0 run at the end)
+            done = len(text) - 25  # positions the draft surely processed (it may lag by a gamma=0 run at the end)
             for layer, kv in enumerate(ref.past_key_values.layers):
                 got = draft_cache.layers[layer].keys[b, :, :done]
                 torch.testing.assert_close(got, kv.keys[0, :, :done], rtol=1e-4, atol=1e-4)

@@ -62,6 +62,12 @@ def test_calibrated_profile_is_well_formed(pair, profile):
     assert profile.m_fraction in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert len(profile.dense_layers) == 2 and len(profile.recovery) == 3
     assert all(0.0 < r <= 1.0 for r in profile.recovery)
+    # Token ids by frequency in the calibration texts (what draft_vocab reads): every vocabulary id once, the
+    # counts of the texts' ids non-increasing along the list.
+    counts = torch.bincount(torch.tensor(sum(random_prompts([120, 90], seed=5), [])), minlength=128)
+    assert sorted(profile.frequent_tokens) == list(range(128))
+    ordered = counts[list(profile.frequent_tokens)]
+    assert bool((ordered[:-1] >= ordered[1:]).all())
 
 
 def test_profile_json_round_trip_and_use(pair, profile, tmp_path):
