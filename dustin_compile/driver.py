@@ -89,7 +89,8 @@ class Generation:
         """(gamma="auto": choose gamma) → draft → select → verify → accept → commit → (exact mode) check."""
         if self.planner is not None:
             self.choose_gamma()
-        started, self.fresh, was_active = time.perf_counter(), False, self.active.clone()
+        started, self.fresh = time.perf_counter(), False
+        was_active = self.active.clone() if self.planner is not None else None
         self.catch_up = None  # (seconds, tokens) of the draft's catch-up this iteration (gamma="auto")
         with self.clock("draft"):
             drafted, draft_probs = self.draft()

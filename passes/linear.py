@@ -112,10 +112,11 @@ class LinearChooser:
         self._load()
 
     def eligible(self, weight: torch.Tensor, x: torch.Tensor) -> bool:
-        """fp32 CPU weights with MKL; other dtypes and devices keep ``F.linear`` (not measured: left alone)."""
+        """Contiguous fp32 CPU weights with MKL; other dtypes, devices and layouts keep ``F.linear`` (not measured:
+        left alone)."""
         return (packing_available() and weight.dim() == 2 and weight.dtype == torch.float32
                 and x.dtype == torch.float32 and weight.device.type == "cpu" and x.device.type == "cpu"
-                and not weight.is_mkldnn)
+                and not weight.is_mkldnn and weight.is_contiguous())  # MKL packs a plain row-major matrix
 
     def choose(self, weights: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None]) -> str:
         """The formulation for linears of ``weights``' shape (all of that shape in one graph) at ``rows`` rows."""

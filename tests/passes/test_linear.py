@@ -63,6 +63,17 @@ def test_packed_linears_equal_a_float64_oracle(shape, inductor):
     assert len(packed_inputs) == 2  # one per weight, however often it is used
 
 
+def test_a_transposed_weight_is_not_packed():
+    module, x = Block().eval(), torch.randn(1, 5, 37)
+    with torch.no_grad():
+        module.up.weight = torch.nn.Parameter(module.up.weight.t().contiguous().t())  # same values, column-major
+    compiled, backend = _compile(module, LinearChooser(force="packed"))
+    with torch.no_grad():
+        out, _ = compiled(x)
+    torch.testing.assert_close(out, _oracle(module, x), rtol=1e-4, atol=1e-4)
+    assert sorted(backend.reports[-1].linears.values()) == ["packed"] * 2  # the two down linears only
+
+
 def test_plain_choice_leaves_the_graph_alone():
     module, x = Block().eval(), torch.randn(1, 5, 37)
     compiled, backend = _compile(module, LinearChooser(force="plain"))
