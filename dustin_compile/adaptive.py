@@ -8,15 +8,15 @@ probability that draft token ``i`` is accepted once the ones before it were, gam
 tokens per row, and cost ``T(gamma) = draft(gamma) + verify(gamma + 1 rows) + other``: the draft phase (its
 first step may re-run committed tokens, then one-row steps), the verification, and what the loop spends outside
 the models (selection, acceptance, bookkeeping; an exact-mode check is left out: its cost per token does not
-depend on gamma). ``GammaPlanner.choose`` takes the
-gamma in 0..gamma_max with the most expected tokens per second, ``E / T``; gamma = 0 is plain decoding (the target
-alone; the draft catches up on those tokens when speculation resumes, in steps of up to 8 rows: that deferred
-cost, measured per token caught up, is charged to T(0), not to the gamma that happens to resume).
+depend on gamma). ``GammaPlanner.choose`` takes the gamma in 0..gamma_max with the most expected tokens per
+second, ``E / T``; gamma = 0 is plain decoding (the target alone; the draft catches up on those tokens when
+speculation resumes, in steps of up to 8 rows: that deferred cost, measured per token caught up, is charged to
+T(0), not to the gamma that happens to resume).
 
 Both sides are measured as decoding runs, never assumed: every phase's wall time (the clock the loop keeps anyway:
 no extra device sync) is kept per (kind, gamma or rows) and per context bucket (a power of two of the longest row:
-costs grow with the context) as an exponential moving average; acceptance is counted per draft position with the
-a longer memory, starting from a weak prior. Each gamma is tried once per bucket before the model is trusted, and
+costs grow with the context) as an exponential moving average; acceptance is counted per draft position, with a
+longer memory, starting from a weak prior. Each gamma is tried once per bucket before the model is trusted, and
 every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0 still learns whether the
 draft became worth running); a cost not measured at this bucket is interpolated (or borrowed from the nearest
 bucket). The planner lives on the model, so what one ``generate`` call learnt serves the next.

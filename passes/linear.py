@@ -26,6 +26,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.fx as fx
@@ -180,6 +181,22 @@ class PackedLinears:
         return [store.get(args[i]) for i in self.weight_inputs]
 
 
+class _Linear(NamedTuple):
+    """One eligible ``linear`` node: its weight/bias placeholders and tensors, its input's fake value, its rows."""
+
+    node: fx.Node
+    w: fx.Node
+    b: fx.Node | None
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    fake_x: torch.Tensor
+    rows: int
+
+    @property
+    def key(self) -> tuple:
+        return tuple(self.weight.shape), self.bias is not None, self.rows
+
+
 def _value(node) -> torch.Tensor | None:
     if not isinstance(node, fx.Node):
         return None
@@ -199,7 +216,7 @@ def pack_linears(gm: fx.GraphModule, example_inputs: list, chooser: LinearChoose
     result = PackedLinears([], {})
     packed_node: dict[fx.Node, fx.Node] = {}
     anchor = placeholders[-1] if placeholders else None
-    found = []  # (node, x, w, b, weight, bias, fake x, rows) of every eligible linear
+    found: list[_Linear] = []  # every eligible linear
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in LINEAR_TARGETS:
             continue
@@ -212,16 +229,16 @@ def pack_linears(gm: fx.GraphModule, example_inputs: list, chooser: LinearChoose
             continue
         rows = fake_x.numel() // fake_x.shape[-1] if fake_x.shape[-1] else 0
         bias = example_inputs[position[b]] if b is not None else None
-        found.append((node, x, w, b, weight, bias, fake_x, rows))
-    groups: dict[tuple, list] = {}  # one measurement per (shape, bias, rows), over every weight of that group
+        found.append(_Linear(node, w, b, weight, bias, fake_x, rows))
+    groups: dict[tuple, list[_Linear]] = {}  # one measurement per (shape, bias, rows), over every weight of that group
     for item in found:
-        groups.setdefault((tuple(item[4].shape), item[5] is not None, item[7]), []).append(item)
+        groups.setdefault(item.key, []).append(item)
     choices = {}
     for key, items in groups.items():
-        unique = list({id(item[4]): item for item in items}.values())
-        choices[key] = chooser.choose([i[4] for i in unique], key[2], [i[5] for i in unique])
-    for node, _, w, b, weight, bias, fake_x, rows in found:
-        x = node.args[0]  # read again: an earlier rewrite may have replaced this linear's input node
+        unique = list({id(i.weight): i for i in items}.values())
+        choices[key] = chooser.choose([i.weight for i in unique], key[2], [i.bias for i in unique])
+    for node, w, b, weight, bias, fake_x, rows in found:
+        x = node.args[0]  # read now: an earlier rewrite may have replaced this linear's input node
         choice = choices[(tuple(weight.shape), bias is not None, rows)]
         result.choices[node.name] = choice
         if choice != "packed":
