@@ -187,7 +187,12 @@ def _gamma_note(stats) -> str:
     if not stats.gammas:
         return ""
     chosen = " ".join(f"{g}:{n}" for g, n in sorted(stats.gammas.items()))
-    return f"; gamma {chosen}; predicted {stats.predicted_tokens_per_second:.2f} tok/s"
+    note = f"; gamma {chosen}; predicted {stats.predicted_tokens_per_second:.2f} tok/s"
+    if stats.intervals:  # exact mode: how it verified, and its check intervals (sparse runs each)
+        every = " ".join(f"{i}:{n}" for i, n in sorted(stats.intervals.items()))
+        note += (f"; verifications sparse {stats.sparse_passes} / dense {stats.dense_passes} (checks included);"
+                 f" check after {every}; rolled back {stats.rolled_back}")
+    return note
 
 
 def _agree(seqs, reference, prompt_len: int) -> str:

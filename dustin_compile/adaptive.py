@@ -20,6 +20,19 @@ longer memory, starting from a weak prior. Each gamma is tried once per bucket b
 every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0 still learns whether the
 draft became worth running); a cost not measured at this bucket is interpolated (or borrowed from the nearest
 bucket). The planner lives on the model, so what one ``generate`` call learnt serves the next.
+
+Exact mode also chooses how to verify (``choose_verification``, whenever every token is final): densely (the
+tokens are final at once: classic speculative decoding) or sparsely, with a dense check once some row holds N
+provisional tokens, N <= ``exact_every``. With ``p`` the measured probability that a provisional token is rolled
+back (independently per token), a check after N provisional tokens keeps on average
+
+    kept(N) = sum_{j<N} (1 - p)^j
+
+tokens (the agreeing prefix, plus the correction that replaces the first mismatch), for N sparse tokens' time plus
+one check. So sparse verification with gamma drafts and interval N yields ``kept(N) / (N * t_s + C)`` tokens per
+second (``t_s`` = T_sparse(gamma) / E(gamma), ``C`` the check's measured cost), dense ``E(gamma) / T_dense(gamma)``;
+the larger wins. Checking early pays where rollbacks are frequent (less work lost after a mismatch); verifying
+densely pays where sparse verification saves less than its checks and rollbacks cost.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ PRIOR_TRIED, PRIOR_ACCEPTED = 2.0, 1.0  # acceptance starts at 0.5, as if two dr
 # would never measure acceptance again, and a neighbour's cost measured once in a noisy moment would never be
 # corrected. It costs at most 1/PROBE_EVERY of the iterations at a near-best choice.
 PROBE_EVERY = 16
+PRIOR_CHECKED, PRIOR_ROLLED = 10.0, 1.0  # exact mode: a provisional token starts 10 % likely to be rolled back
 
 
 def context_bucket(length: int) -> int:
@@ -43,10 +57,14 @@ def context_bucket(length: int) -> int:
 @dataclass
 class GammaPlanner:
     gamma_max: int
+    every: int = 0  # exact mode: the most provisional tokens per check (exact_every); 0 in the other modes
     costs: dict[tuple[str, int, int], float] = field(default_factory=dict)  # (kind, rows, bucket) -> seconds
     tried: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
     choices: int = 0  # informed choices so far (probes are counted among them)
+    checked: float = PRIOR_CHECKED  # exact mode: provisional tokens a check examined (moving sum) ...
+    rolled: float = PRIOR_ROLLED  # ... and how many of them it rolled back
+    segments: int = 0  # exact mode: informed verification choices so far
 
     def __post_init__(self) -> None:
         self.tried = [PRIOR_TRIED] * self.gamma_max
@@ -69,6 +87,15 @@ class GammaPlanner:
                 hit = sum(a > i for a in accepted)
                 self.tried[i] = (1 - ACCEPT_DECAY) * self.tried[i] + ACCEPT_DECAY * tried
                 self.accepted[i] = (1 - ACCEPT_DECAY) * self.accepted[i] + ACCEPT_DECAY * hit
+
+    def record_check(self, keep: list[int], rolled: list[bool]) -> None:
+        """Exact mode, one dense check: per row with provisional tokens, ``keep[b]`` of them stood and ``rolled[b]``
+        says whether the next one was rolled back. Every token up to the first mismatch was examined."""
+        if not keep:
+            return
+        examined = sum(k + int(r) for k, r in zip(keep, rolled))
+        self.checked = (1 - ACCEPT_DECAY) * self.checked + ACCEPT_DECAY * examined
+        self.rolled = (1 - ACCEPT_DECAY) * self.rolled + ACCEPT_DECAY * sum(map(int, rolled))
 
     # ---- the model --------------------------------------------------------------------------------------------
     def alphas(self) -> list[float]:
@@ -101,33 +128,41 @@ class GammaPlanner:
             return known[r0] + (known[r1] - known[r0]) * (rows - r0) / (r1 - r0)
         return known[max(below) if below else min(above)]
 
-    def iteration_time(self, gamma: int, context: int) -> float | None:
-        """Seconds of one iteration drafting ``gamma`` tokens (None: its verification was never measured)."""
-        verify = self.cost("verify", gamma + 1, context)
+    def iteration_time(self, gamma: int, context: int, kind: str = "verify") -> float | None:
+        """Seconds of one iteration drafting ``gamma`` tokens and verifying them with ``kind`` (``"verify"``: the
+        configured verification, sparse in the sparse modes; ``"verify_dense"``: exact mode's dense one, which needs
+        no selection). None: that verification was never measured."""
+        verify = self.cost(kind, gamma + 1, context)
         if verify is None:
             return None
         # gamma = 0 leaves the draft one more token to catch up on later: that deferred cost is this iteration's.
         draft = self.cost("draft", gamma, context) if gamma else self.cost("catch_up", 1, context)
-        return verify + (draft or 0.0) + (self.cost("other", 1, context) or 0.0)
+        select = self.cost("select", 1, context) if kind == "verify" else 0.0
+        return verify + (draft or 0.0) + (select or 0.0) + (self.cost("other", 1, context) or 0.0)
 
-    def predict(self, context: int) -> dict[int, float | None]:
+    def predict(self, context: int, kind: str = "verify") -> dict[int, float | None]:
         """gamma -> expected committed tokens per second per row (None: not measured enough yet)."""
         out = {}
         for gamma in range(self.gamma_max + 1):
-            t = self.iteration_time(gamma, context)
+            t = self.iteration_time(gamma, context, kind)
             out[gamma] = self.expected_tokens(gamma) / t if t else None
         return out
 
-    def choose(self, context: int) -> tuple[int, float | None]:
-        """(gamma, its predicted tokens/s per row, or None while exploring). Each gamma is measured once per context
-        bucket before the model is trusted (gamma_max first, then 0, then the rest downwards): the verification's
-        cost is not linear in its rows, so interpolation alone could hide the best choice."""
+    def unexplored(self, kind: str, context: int) -> int | None:
+        """The next gamma whose ``kind`` verification is unmeasured at this context's bucket (gamma_max first, then
+        0, then the rest downwards), or None: the verification's cost is not linear in its rows, so interpolation
+        alone could hide the best choice."""
         bucket = context_bucket(context)
-        measured = {r for k, r, b in self.costs if k == "verify" and b == bucket}
-        for gamma in (self.gamma_max, 0, *range(self.gamma_max - 1, 0, -1)):
-            if gamma + 1 not in measured:
-                return gamma, None
-        rates = self.predict(context)
+        measured = {r for k, r, b in self.costs if k == kind and b == bucket}
+        return next((g for g in (self.gamma_max, 0, *range(self.gamma_max - 1, 0, -1)) if g + 1 not in measured), None)
+
+    def choose(self, context: int, kind: str = "verify") -> tuple[int, float | None]:
+        """(gamma, its predicted tokens/s per row, or None while exploring) for a ``kind`` verification. Each gamma
+        is measured once per context bucket before the model is trusted."""
+        gamma = self.unexplored(kind, context)
+        if gamma is not None:
+            return gamma, None
+        rates = self.predict(context, kind)
         best = max(rates, key=lambda g: rates[g])
         self.choices += 1
         if self.choices % PROBE_EVERY == 0:  # a probe: the neighbour of the best, alternating sides
@@ -136,3 +171,46 @@ class GammaPlanner:
                 side = -side  # at an end of the range: its one neighbour
             best += side
         return best, rates[best]
+
+    # ---- exact mode -------------------------------------------------------------------------------------------
+    def rollback_rate(self) -> float:
+        """The probability that a provisional token is rolled back (per token, up to the first mismatch)."""
+        return self.rolled / self.checked
+
+    def kept(self, interval: int) -> float:
+        """Expected tokens a check after ``interval`` provisional tokens keeps (the correction included)."""
+        stay = 1.0 - self.rollback_rate()
+        return sum(stay**j for j in range(interval))
+
+    def sparse_rate(self, context: int) -> tuple[float, int] | None:
+        """Exact mode: (tokens/s per row, check interval) of the best sparse verification with periodic checks,
+        None while the sparse verification or the check is unmeasured."""
+        check = self.cost("check", 1, context)
+        if check is None:
+            return None
+        best = None
+        for rate in self.predict(context, "verify").values():
+            if rate is None:
+                continue
+            for interval in range(1, self.every + 1):  # N tokens at 1/rate each, then one check
+                value = self.kept(interval) / (interval / rate + check)
+                if best is None or value > best[0]:
+                    best = (value, interval)
+        return best
+
+    def choose_verification(self, context: int) -> tuple[str, int, float | None]:
+        """Exact mode, with every token final: (``"verify"`` = sparse then check after ``interval`` provisional
+        tokens, or ``"verify_dense"``, interval 0; the predicted tokens/s per row or None while exploring). Sparse
+        is explored first (it is what exact mode is for), then dense; every ``PROBE_EVERY``-th informed choice takes
+        the other one, so that a changed rollback rate or cost is noticed."""
+        sparse = None if self.unexplored("verify", context) is not None else self.sparse_rate(context)
+        if sparse is None:
+            return "verify", self.every, None
+        if self.unexplored("verify_dense", context) is not None:
+            return "verify_dense", 0, None
+        dense = max(r for r in self.predict(context, "verify_dense").values() if r is not None)
+        self.segments += 1
+        use_sparse = sparse[0] >= dense
+        if self.segments % PROBE_EVERY == 0:
+            use_sparse = not use_sparse
+        return ("verify", sparse[1], sparse[0]) if use_sparse else ("verify_dense", 0, dense)

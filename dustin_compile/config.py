@@ -30,7 +30,9 @@ class DustinConfig:
         below ``min_recovery`` and at least every ``refresh_every`` iterations (0 = no periodic refresh);
         ``"exact"`` — lossless: tokens accepted by sparse verification are provisional until one dense pass over
         every ``exact_every`` of them keeps the agreeing prefix (output == the target's own greedy decoding /
-        sampling distribution).
+        sampling distribution). With ``gamma="auto"`` exact mode also chooses, whenever every token is final,
+        between dense verification and sparse verification checked after at most ``exact_every`` provisional
+        tokens, from the measured costs and rollback rate (adaptive.py).
     gamma: draft tokens per iteration (the target verifies gamma + 1 rows), or ``"auto"`` (default): every iteration
         chooses gamma in 0..``gamma_max`` for the most expected tokens per second, from step costs and acceptance
         measured as decoding runs (adaptive.py; 0 = the target decodes alone that iteration).
@@ -88,7 +90,7 @@ class DustinConfig:
     draft_window: int = _field(512, "recent positions the draft attends to with draft_kv=window")
     min_recovery: float = _field(0.9, "guarded mode: verify densely when the estimated recovery falls below this")
     refresh_every: int = _field(16, "guarded mode: verify densely at least every this many iterations (0 = never)")
-    exact_every: int = _field(8, "exact mode: provisional tokens per dense check")
+    exact_every: int = _field(8, "exact mode: provisional tokens per dense check (gamma='auto': at most this many)")
     draft_layers: tuple[int, ...] = _field((), "self-speculation (no draft model): target layers the self-draft runs "
                                            "(default: all)")
     draft_vocab: int | None = _field(None, "the draft scores only this many most frequent tokens (the profile's "

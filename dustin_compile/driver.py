@@ -16,7 +16,9 @@ Everything it decides with is a function of tensors (``policy.choose_selection``
   same K/V.
 - ``active[b]``: row b still generates. Finished rows stop advancing (``n`` frozen); their forwards rewrite
   positions past their end, never read.
-- ``final[b]`` (exact mode): tokens confirmed by a dense pass; those past it are provisional (exact.py).
+- ``final[b]`` (exact mode): tokens confirmed by a dense pass; those past it are provisional (exact.py). With
+  ``gamma="auto"``, whenever every token is final the planner chooses how the next tokens are verified: densely
+  (final at once) or sparsely with a check after ``interval`` provisional tokens (adaptive.py).
 - ``q_star``: the history query (the target's query of the last committed token at the profile's layer).
 """
 
@@ -59,6 +61,9 @@ class Generation:
         self.planner = getattr(model, "planner", None) if use_draft and self.config.adaptive else None
         self.gamma = self.gamma_max
         self.verify_rows = self.gamma + 1
+        # Exact mode: verify densely this iteration (gamma="auto" chose to); a check is due at `interval` provisional
+        # tokens (exact_every, or fewer as the planner chooses).
+        self.dense_segment, self.interval, self.segment_rate = False, self.config.exact_every, None
         self.fresh = False  # a graph ran for the first time this iteration (its time is a compile: not a cost)
         device, batch = state.seq_lens.device, len(prompts)
         self.prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
@@ -121,9 +126,14 @@ class Generation:
                 self.final = torch.where(self.final == start, self.n, self.final)
             else:
                 self.exact.remember(start - self.final, count, logits)
-            if self.exact.due(self.n - self.final, self.active):
+            if self.exact.due(self.n - self.final, self.active, self.interval):
+                self.fresh = False
                 with self.clock("verify"):
-                    self.check()
+                    kept, rolled = self.check()
+                if self.planner is not None:
+                    self.planner.record_check(kept, rolled)
+                    if not self.fresh:  # a first check is a compile, not a cost
+                        self.planner.record_cost("check", 1, self.context(), self.clock.last["verify"])
 
     # ---- the phases -------------------------------------------------------------------------------------------
     def draft(self):
@@ -173,6 +183,8 @@ class Generation:
         return choose(logits, self.sampling, self.generator)
 
     def select(self, drafted: torch.Tensor) -> Selection:
+        if self.dense_segment:  # exact mode, gamma="auto": a dense verification needs no selection
+            return Selection("verify_dense", sparse=False)
         selection = choose_selection(self.config, self.model.draft_share, self.signals(drafted), self.n - 1,
                                      self.active, self.since_dense)
         if selection.indices is not None:
@@ -204,8 +216,9 @@ class Generation:
         self.active &= ~(hit | (self.n - self.prompt_lens >= self.max_new))
         return count
 
-    def check(self) -> None:
-        """Exact mode: one dense pass over every row's provisional tokens; roll back what it does not confirm."""
+    def check(self) -> tuple[list[int], list[bool]]:
+        """Exact mode: one dense pass over every row's provisional tokens; roll back what it does not confirm.
+        Returns, per row that held provisional tokens, how many stood and whether the next was rolled back."""
         rows = self.exact.rows
         pos = self.positions(self.final - 1, rows)
         ids = self.seq.gather(1, pos.clamp_max(self.seq.shape[1] - 1))
@@ -227,30 +240,43 @@ class Generation:
         if not self.state.caches.shared:
             valid = torch.minimum(self.n - self.draft_need, new_n - 1)
             self.draft_need = torch.where(rolled, new_n - valid, self.draft_need)
+        checked = provisional > 0
         self.n = new_n
         self.final = new_n.clone()
+        return keep[checked].tolist(), rolled[checked].tolist()
 
     # ---- gamma="auto" -----------------------------------------------------------------------------------------
     def context(self) -> int:
         return int(self.n[self.active].max()) if bool(self.active.any()) else int(self.n.max())
 
     def choose_gamma(self) -> None:
-        """This iteration's gamma: the most expected tokens per second under the measured costs (adaptive.py)."""
-        gamma, rate = self.planner.choose(self.context())
+        """This iteration's gamma: the most expected tokens per second under the measured costs (adaptive.py). In
+        exact mode, with every token final, first how to verify: densely, or sparsely until a check is due."""
+        context = self.context()
+        if self.exact is not None and bool((self.final == self.n).all()):
+            kind, interval, self.segment_rate = self.planner.choose_verification(context)
+            self.dense_segment = kind == "verify_dense"
+            if not self.dense_segment:
+                self.interval = interval
+                self.stats.intervals[interval] = self.stats.intervals.get(interval, 0) + 1
+        gamma, rate = self.planner.choose(context, "verify_dense" if self.dense_segment else "verify")
         self.gamma, self.verify_rows = gamma, gamma + 1
         self.lookahead = self.lookahead_taps and gamma > 0
         self.stats.gammas[gamma] = self.stats.gammas.get(gamma, 0) + 1
+        if self.exact is not None:  # the segment's rate counts its checks and rollbacks; gamma's alone does not
+            rate = self.segment_rate if rate is not None else None
         if rate is not None:
             self.stats.predicted.append(rate * int(self.active.sum()))
 
     def learn(self, role: str, accepted: list[int], costs: dict[str, float], total: float) -> None:
         """Feed this iteration's costs and the acceptance of its active rows to the planner. A first call of a
         graph is a capture or a compile, not a cost; a dense refresh in a sparse mode is not what the planner
-        chooses between."""
+        chooses between (exact mode's dense verifications are)."""
         self.planner.record_acceptance(self.gamma, accepted)
-        if self.fresh or role != "verify":
+        if self.fresh or (role != "verify" and self.exact is None):
             return
         context, draft, verify = self.context(), costs.get("draft", 0.0), costs.get("verify", 0.0)
+        select = costs.get("select", 0.0)
         if self.catch_up is not None:  # charged to the gamma=0 iterations that caused it, per token
             seconds, tokens = self.catch_up
             draft = max(0.0, draft - seconds)
@@ -258,8 +284,10 @@ class Generation:
                 self.planner.record_cost("catch_up", 1, context, seconds / tokens)
         if self.gamma:
             self.planner.record_cost("draft", self.gamma, context, draft)
-        self.planner.record_cost("verify", self.verify_rows, context, verify)
-        self.planner.record_cost("other", 1, context, max(0.0, total - draft - verify))
+        self.planner.record_cost(role, self.verify_rows, context, verify)
+        if role == "verify":
+            self.planner.record_cost("select", 1, context, select)
+        self.planner.record_cost("other", 1, context, max(0.0, total - draft - select - verify))
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     def forward(self, role: str, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

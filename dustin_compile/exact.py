@@ -43,9 +43,11 @@ class ExactCheck:
         self.rows = config.exact_every + config.max_draft + 1
         self.p_sparse = torch.zeros(batch, self.rows, vocab, device=device) if sampling.do_sample else None
 
-    def due(self, provisional: torch.Tensor, active: torch.Tensor) -> bool:
-        """A row holds ``exact_every`` provisional tokens, or has stopped with some."""
-        return bool(((provisional >= self.every) | (~active & (provisional > 0))).any())
+    def due(self, provisional: torch.Tensor, active: torch.Tensor, interval: int | None = None) -> bool:
+        """A row holds ``interval`` (default ``exact_every``; never more) provisional tokens, or has stopped with
+        some."""
+        every = min(interval or self.every, self.every)
+        return bool(((provisional >= every) | (~active & (provisional > 0))).any())
 
     def remember(self, slot: torch.Tensor, count: torch.Tensor, logits: torch.Tensor) -> None:
         """Sampling: keep the sparse verifier's distribution of the ``count[b]`` tokens just committed at

@@ -104,7 +104,8 @@ class DustinModel:
         # Packed weights of multi-row linears (passes/linear.py), shared with with_config siblings like the caches.
         self._linear = linear or LinearChooser(cache_root() / "linear-choices.json")
         # gamma="auto": step costs and acceptance measured as decoding runs (adaptive.py); one per configuration.
-        self.planner = GammaPlanner(config.gamma_max) if config.adaptive else None
+        every = config.exact_every if config.mode == "exact" else 0
+        self.planner = GammaPlanner(config.gamma_max, every) if config.adaptive else None
         self._state: DecodeState | None = None
         self._graphs: dict[tuple, StepGraph] = {}
         self._plans: dict[str, RewritePlan] = {}

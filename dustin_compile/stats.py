@@ -32,6 +32,7 @@ class GenerateStats:
     recovery: list[float] = field(default_factory=list)  # estimated recovery of each selection (history mass kept)
     gammas: dict[int, int] = field(default_factory=dict)  # gamma="auto": iterations per chosen gamma
     predicted: list[float] = field(default_factory=list)  # gamma="auto": the planner's tokens/s for each choice
+    intervals: dict[int, int] = field(default_factory=dict)  # exact, gamma="auto": sparse segments per check interval
     time_prefill: float = 0.0
     time_draft: float = 0.0
     time_select: float = 0.0
@@ -81,6 +82,9 @@ class GenerateStats:
         if self.gammas:
             rows.append(("gamma chosen (iterations)", ", ".join(f"{g}: {n}" for g, n in sorted(self.gammas.items()))))
             rows.append(("predicted tokens/s (mean)", f"{self.predicted_tokens_per_second:.2f}"))
+        if self.intervals:
+            rows.append(("check interval chosen (sparse runs)",
+                         ", ".join(f"{i}: {n}" for i, n in sorted(self.intervals.items()))))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

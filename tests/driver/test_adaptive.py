@@ -12,7 +12,7 @@ import torch
 import dustin
 from dustin.adaptive import ACCEPT_DECAY, PROBE_EVERY, GammaPlanner, context_bucket
 from dustin.flags import add_config_arguments, config_overrides
-from helpers import always_wrong_draft, left_padded, random_prompts, tiny_model
+from helpers import always_wrong_draft, hf_greedy, left_padded, random_prompts, tiny_model
 
 OPTS = dict(budget=16, n_sink=2, window=4, backend="eager", exact_every=3)
 
@@ -109,20 +109,31 @@ def test_probes_keep_a_gamma_zero_streak_learning():
 
 
 class Scripted:
-    """A planner that plays a fixed gamma sequence (cycled): drives the loop through every transition."""
+    """A planner that plays a fixed gamma sequence and, in exact mode, a fixed sequence of (verification, check
+    interval) choices (both cycled): drives the loop through every transition."""
 
-    def __init__(self, gammas: list[int]) -> None:
-        self.gammas, self.i = gammas, 0
+    def __init__(self, gammas: list[int], verifications: list[tuple[str, int]] = (("verify", 3),)) -> None:
+        self.gammas, self.verifications, self.i, self.j = gammas, list(verifications), 0, 0
+        self.kinds: list[str] = []  # the verification kind of every gamma choice, as the driver asked for it
 
-    def choose(self, context: int):
+    def choose(self, context: int, kind: str = "verify"):
         gamma = self.gammas[self.i % len(self.gammas)]
         self.i += 1
+        self.kinds.append(kind)
         return gamma, None
+
+    def choose_verification(self, context: int):
+        kind, interval = self.verifications[self.j % len(self.verifications)]
+        self.j += 1
+        return kind, interval, None
 
     def record_cost(self, *args) -> None:
         pass
 
     def record_acceptance(self, *args) -> None:
+        pass
+
+    def record_check(self, *args) -> None:
         pass
 
 
@@ -197,3 +208,126 @@ def test_config_and_flags():
     add_config_arguments(parser, ("gamma", "gamma_max"))
     assert config_overrides(parser.parse_args(["--gamma", "auto"])) == {"gamma": "auto"}
     assert config_overrides(parser.parse_args(["--gamma", "3", "--gamma-max", "6"])) == {"gamma": 3, "gamma_max": 6}
+
+
+# ---- exact mode: sparse-then-check or dense verification, and the check interval --------------------------------
+def _kept_by_enumeration(p: float, interval: int) -> float:
+    """E[tokens a check keeps] when each of ``interval`` provisional tokens is independently wrong with probability
+    p: the agreeing prefix, plus the correction of the first wrong one (float64, every pattern enumerated)."""
+    total = 0.0
+    for pattern in itertools.product((True, False), repeat=interval):
+        prob = 1.0
+        for ok in pattern:
+            prob *= (1 - p) if ok else p
+        total += prob * (pattern.index(False) + 1 if False in pattern else interval)
+    return total
+
+
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.3, 0.8, 1.0])
+def test_kept_tokens_equal_enumeration(p):
+    planner = GammaPlanner(2, every=6)
+    planner.checked, planner.rolled = 1.0, p
+    for interval in range(1, 7):
+        assert planner.kept(interval) == pytest.approx(_kept_by_enumeration(p, interval))
+
+
+def test_rollback_rate_counts_examined_tokens():
+    planner = GammaPlanner(2, every=8)
+    planner.checked, planner.rolled = 0.0, 0.0
+    planner.record_check([8, 2, 0], [False, True, True])  # 8 stood; 2 then a mismatch; a mismatch at once
+    assert planner.checked == pytest.approx(ACCEPT_DECAY * (8 + 3 + 1))
+    assert planner.rollback_rate() == pytest.approx(2 / 12)
+
+
+def _exact_planner(context: int, sparse_verify: float, dense_verify: float, check: float, p: float) -> GammaPlanner:
+    planner = GammaPlanner(3, every=8)
+    for gamma in range(4):
+        planner.record_cost("verify", gamma + 1, context, sparse_verify * (1 + 0.1 * gamma))
+        planner.record_cost("verify_dense", gamma + 1, context, dense_verify * (1 + 0.1 * gamma))
+        if gamma:
+            planner.record_cost("draft", gamma, context, 0.01 * gamma)
+    planner.record_cost("select", 1, context, 0.002)
+    planner.record_cost("other", 1, context, 0.001)
+    planner.record_cost("check", 1, context, check)
+    planner.tried, planner.accepted = [1.0] * 3, [0.8] * 3
+    planner.checked, planner.rolled = 1.0, p
+    return planner
+
+
+def test_verification_choice_is_the_argmax_of_the_rates():
+    context = 5000
+    # Exploration: sparse first (with its check), then dense.
+    planner = GammaPlanner(1, every=4)
+    assert planner.choose_verification(context) == ("verify", 4, None)
+    for rows in (1, 2):
+        planner.record_cost("verify", rows, context, 0.1)
+    assert planner.choose_verification(context) == ("verify", 4, None)  # the check is not measured yet
+    planner.record_cost("check", 1, context, 0.1)
+    assert planner.choose_verification(context) == ("verify_dense", 0, None)
+    cases = [  # (sparse verify, dense verify, check, rollback rate) -> expected kind
+        (0.05, 0.10, 0.12, 0.01, "verify"),  # sparse saves much, rarely wrong: check as late as allowed
+        (0.05, 0.10, 0.12, 0.95, "verify_dense"),  # sparse is nearly always wrong
+        (0.098, 0.10, 0.12, 0.0, "verify_dense"),  # sparse saves less than its checks cost
+        (0.02, 0.10, 0.03, 0.3, "verify"),  # frequent rollbacks but cheap checks: check early
+    ]
+    for sparse, dense, check, p, expected in cases:
+        planner = _exact_planner(context, sparse, dense, check, p)
+        kind, interval, rate = planner.choose_verification(context)
+        assert kind == expected
+        best_dense = max(planner.expected_tokens(g) / planner.iteration_time(g, context, "verify_dense")
+                         for g in range(4))
+        best_sparse = max((planner.kept(n) / (n * planner.iteration_time(g, context) / planner.expected_tokens(g)
+                                              + check), n) for g in range(4) for n in range(1, 9))
+        assert rate == pytest.approx(max(best_dense, best_sparse[0]))
+        if kind == "verify":
+            assert interval == best_sparse[1]
+    assert _exact_planner(context, 0.05, 0.10, 0.12, 0.01).choose_verification(context)[1] == 8
+    assert _exact_planner(context, 0.02, 0.10, 0.03, 0.3).choose_verification(context)[1] < 8
+
+
+def test_verification_probes_the_other_kind():
+    planner = _exact_planner(5000, 0.05, 0.10, 0.12, 0.95)
+    kinds = [planner.choose_verification(5000)[0] for _ in range(2 * PROBE_EVERY)]
+    assert kinds.count("verify") == 2 and kinds.count("verify_dense") == 2 * PROBE_EVERY - 2
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_exact_any_verification_sequence_is_lossless(do_sample):
+    """Exact mode switching between dense verification and sparse runs checked after 1..exact_every provisional
+    tokens (at any gamma) still decodes the target's own greedy tokens (sampling with top_k=1 must, too)."""
+    target = tiny_model("llama", num_hidden_layers=3, seed=41)
+    draft = tiny_model("llama", num_hidden_layers=1, seed=42)  # a poor draft: rejections and rollbacks happen
+    prompts = random_prompts([37, 22], seed=43)
+    ids, mask = left_padded(prompts)
+    model = dustin.compile(target, draft, mode="exact", gamma_max=4, max_length=256,
+                           **{**OPTS, "exact_every": 5, "budget": 8, "window": 2})
+    script = Scripted([2, 0, 4, 1, 3, 4], [("verify", 5), ("verify_dense", 0), ("verify", 1), ("verify", 2),
+                                           ("verify_dense", 0), ("verify", 3)])
+    model.planner = script
+    kwargs = dict(do_sample=True, top_k=1, generator=torch.Generator().manual_seed(1)) if do_sample else {}
+    out = model.generate(ids, mask, max_new_tokens=40, eos_token_id=[], **kwargs)
+    for b, prompt in enumerate(prompts):  # the oracle: transformers' greedy decoding of each prompt alone
+        row = torch.tensor([prompt])
+        expected = hf_greedy(target, row, torch.ones_like(row), 40, eos_token_id=[])[0, len(prompt):]
+        assert torch.equal(out.sequences[b, ids.shape[1]:], expected)
+    s = out.stats
+    assert s.sparse_passes > 0 and s.dense_passes > 0 and set(s.intervals) == {1, 2, 3, 5}
+    assert s.rolled_back > 0  # the checks did correct sparse verification
+    assert "verify_dense" in script.kinds and "verify" in script.kinds
+    assert "check interval chosen" in s.table()
+
+
+def test_exact_auto_verifies_densely_when_sparse_is_always_rolled_back():
+    """The planner's decisions reach the loop: with every provisional token believed wrong, after exploring it
+    verifies densely except for its probes, and stays lossless."""
+    target = tiny_model("qwen2", num_hidden_layers=2, seed=51)
+    ids, mask = left_padded(random_prompts([30], seed=52))
+    model = dustin.compile(target, copy.deepcopy(target), mode="exact", **OPTS)
+    expected = hf_greedy(target, ids, mask, 60, eos_token_id=[])
+    model.planner.record_check = lambda keep, rolled: None  # keep the belief below, whatever the checks see
+    model.planner.checked = model.planner.rolled = 1.0
+    model.generate(ids, mask, max_new_tokens=30, eos_token_id=[])  # explores every choice
+    out = model.generate(ids, mask, max_new_tokens=60, eos_token_id=[])
+    assert torch.equal(out.sequences, expected)
+    assert out.stats.dense_passes > 3 * out.stats.sparse_passes
+    assert out.stats.predicted
