@@ -242,17 +242,19 @@ class DustinModel:
         return getattr(self.target, "generation_config", None)
 
     def warmup(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-               max_new_tokens: int = 1, use_draft: bool = True, progress: bool = False) -> None:
+               max_new_tokens: int = 1, use_draft: bool = True, progress: bool = False, graphs: bool = True) -> None:
         """Prefill ``input_ids`` and capture/compile every decode graph for this batch shape now, so that the next
         ``generate`` on these prompts (same ``max_new_tokens`` sizing) spends no time compiling or prefilling.
-        ``progress=True`` shows progress bars (prefill chunks, graphs)."""
+        ``graphs=False`` only prefills (the caches are shared with ``with_config`` siblings: time a long prefill
+        once, apart from any compile). ``progress=True`` shows progress bars (prefill chunks, graphs)."""
         prompts = prompts_from(input_ids, attention_mask, self.vocab_size)
         state = self.decode_state(len(prompts), max(len(p) for p in prompts), max_new_tokens)
         with torch.no_grad():
             gen = Generation(self, state, [p.to(self.device) for p in prompts], max_new_tokens, Sampling(), [],
                              None, progress=progress, use_draft=use_draft)
             gen.prefill()
-            gen.warm_up()
+            if graphs:
+                gen.warm_up()
 
     def _needed(self, longest: int, max_new_tokens: int) -> int:
         """Cache positions one call needs: text + the widest forward past it (verify, or exact mode's check)."""

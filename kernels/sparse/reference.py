@@ -18,10 +18,20 @@ Softmax and accumulation are fp32 (SDPA's CPU kernel accumulates reduced precisi
 
 How (CPU): the K+T rows of every (b, kv head) are gathered with one flat-row ``index_select`` per cache into a
 reused workspace, then ONE SDPA call runs over the packed GQA layout (the Hq/Hkv query heads of a KV head folded into
-the row axis: [B, Hkv, (Hq/Hkv)*T, D]) with a small additive mask [B, 1, rows, K+T] for padding and causality.
-Alternatives measured and dropped (slower on the CPU; the numbers are in the README's kernel notes): converting the
-gathered rows to fp32 for bmm + softmax + bmm, an unmasked SDPA over the selection merged with a causal SDPA over the
-new rows by log-sum-exp, a bool mask instead of the additive one.
+the row axis: [B, Hkv, (Hq/Hkv)*T, D]) with an additive mask for causality: the cached template [1, 1, rows, K+T]
+alone when nothing is padded and there is no window (the usual case; one host read of ``indices.min()`` decides),
+else a per-batch mask [B, 1, rows, K+T] that adds padding and the window cut. Skipping the per-call mask (and its
+parallel add) took the op from 2.84 to 2.71 ms (bf16) and 3.95 to 3.76 ms (fp32) single-threaded, and from 32 to 24
+ms with 2 threads while another job held a core (fewer OpenMP regions to wait on).
+Alternatives measured and dropped (slower on the CPU; 1 thread, headline shapes B=4, 28/4 heads, d 128, T=5, K=512;
+the older numbers are in the README's kernel notes): converting the gathered rows to fp32 for bmm + softmax + bmm
+(4.5 vs 1.8 ms for the attention part in bf16, 2.7 vs 2.4 in fp32), bf16 matmuls with fp32 softmax (2.4 vs 1.8 ms,
+and it rounds the logits to bf16), an unmasked SDPA over the selection merged with the new rows by log-sum-exp (2.8 vs
+1.8 ms), SDPA(enable_gqa) on [B, Hq, T, D] (3.1 vs 1.8 ms), a bool mask instead of the additive one, one SDPA head
+per (b, kv head) (no change), per-batch gather + SDPA so that the rows stay in L2 (slower), gathering by advanced
+indexing, ``torch.gather`` or ``F.embedding`` (2 to 4x slower than ``index_select``), ``index_select`` on 8-byte
+views of the rows (no change). What remains is SDPA's blocking: 35 packed rows are two query blocks (32 + 3) and
+517 keys two key blocks (512 + 5); 32 x 512 runs in 1.4 ms against 1.9 ms for 35 x 517, which the shapes fix.
 """
 
 from __future__ import annotations
@@ -124,10 +134,12 @@ def sparse_attention_reference(
     # (always written, so finite) and masked below; any other row could hold stale data of a rolled-back step.
     positions = workspace("sparse_attention.positions", (batch, width), torch.int64, q.device)
     first_new = seq_lens.view(batch, 1).to(torch.int64)
-    missing = indices < 0
     chosen = positions[:, :selected]
     chosen.copy_(indices)  # int32 or int64 in, int64 rows out
-    torch.where(missing, first_new, chosen, out=chosen)
+    padded = indices.numel() > 0 and bool(indices.min() < 0)  # one host read; usually False (a full selection)
+    if padded:
+        missing = indices < 0
+        torch.where(missing, first_new, chosen, out=chosen)
     torch.add(first_new, cached_arange(rows, q.device), out=positions[:, selected:])
 
     keys = workspace("sparse_attention.keys", (batch, kv_heads, width, dim), k_cache.dtype, q.device)
@@ -135,14 +147,18 @@ def sparse_attention_reference(
     ids = _gather(k_cache, positions, keys, None)
     _gather(v_cache, positions, values, ids if v_cache.stride() == k_cache.stride() else None)
 
-    # Additive mask = padding row [B, 1, 1, W] + causal template [1, 1, G*T, W]; 0 / -inf are exact in every dtype.
-    pad = workspace("sparse_attention.pad", (batch, width), q.dtype, q.device)
-    pad.zero_()
-    pad[:, :selected].masked_fill_(missing, float("-inf"))
-    mask = workspace("sparse_attention.mask", (batch, 1, groups * rows, width), q.dtype, q.device)
-    torch.add(pad.view(batch, 1, 1, width), _causal_template(groups, rows, selected, q.dtype, q.device), out=mask)
-    if window:
-        _cut_to_window(mask, positions, first_new, window, groups, rows)
+    # Additive mask = causal template [1, 1, G*T, W] (cached; SDPA broadcasts it over B and Hkv), plus a padding row
+    # [B, 1, 1, W] and the window cut only when needed: 0 / -inf are exact in every dtype.
+    mask = _causal_template(groups, rows, selected, q.dtype, q.device)
+    if padded or window:
+        pad = workspace("sparse_attention.pad", (batch, width), q.dtype, q.device)
+        pad.zero_()
+        if padded:
+            pad[:, :selected].masked_fill_(missing, float("-inf"))
+        full = workspace("sparse_attention.mask", (batch, 1, groups * rows, width), q.dtype, q.device)
+        mask = torch.add(pad.view(batch, 1, 1, width), mask, out=full)
+        if window:
+            _cut_to_window(mask, positions, first_new, window, groups, rows)
 
     packed_q = q.reshape(batch, kv_heads, groups * rows, dim)  # a view for the usual contiguous q
     out = F.scaled_dot_product_attention(packed_q, keys, values, attn_mask=mask, scale=scale)

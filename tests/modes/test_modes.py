@@ -102,6 +102,15 @@ def test_warmup_compiles_every_decode_graph_and_keeps_the_cache(pair, expected):
     assert torch.equal(out.sequences, reference)
 
 
+def test_warmup_without_graphs_only_prefills_and_siblings_share_it(pair, expected):
+    ids, mask, reference = expected
+    model = dustin.compile(*pair, mode="dense", **SMALL)
+    model.warmup(ids, mask, max_new_tokens=20, graphs=False)
+    assert set(model.reports) == {"prefill_target", "prefill_draft"}
+    out = model.with_config(mode="exact", exact_every=5).generate(ids, mask, max_new_tokens=20, eos_token_id=[])
+    assert out.stats.prefill_passes == 0 and torch.equal(out.sequences, reference)
+
+
 def test_draft_window_attention(pair, expected):
     """draft_kv='window': the draft attends to sink + recent positions (its score taps still read the full cache);
     exact mode keeps the output equal to the target's."""
