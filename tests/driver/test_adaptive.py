@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dustin
-from dustin.adaptive import ACCEPT_DECAY, PROBE_EVERY, GammaPlanner, context_bucket
+from dustin.adaptive import ACCEPT_DECAY, PROBE_EVERY, PROBE_KIND_EVERY, GammaPlanner, context_bucket
 from dustin.flags import add_config_arguments, config_overrides
 from helpers import always_wrong_draft, hf_greedy, left_padded, random_prompts, tiny_model
 
@@ -287,8 +287,8 @@ def test_verification_choice_is_the_argmax_of_the_rates():
 
 def test_verification_probes_the_other_kind():
     planner = _exact_planner(5000, 0.05, 0.10, 0.12, 0.95)
-    kinds = [planner.choose_verification(5000)[0] for _ in range(2 * PROBE_EVERY)]
-    assert kinds.count("verify") == 2 and kinds.count("verify_dense") == 2 * PROBE_EVERY - 2
+    kinds = [planner.choose_verification(5000)[0] for _ in range(2 * PROBE_KIND_EVERY)]
+    assert kinds.count("verify") == 2 and kinds.count("verify_dense") == 2 * PROBE_KIND_EVERY - 2
 
 
 @pytest.mark.parametrize("do_sample", [False, True])
