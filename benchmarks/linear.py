@@ -7,7 +7,8 @@ of its model's layers in turn (the weights leave the cache as in a real step), 1
 ``--rows`` rows with ``F.linear`` and with MKL's packed GEMM (passes/linear.py). Per step: the target's compiled
 dense verification graph (``backend="eager"``) at ``--context`` cached tokens, batch 1, 1 row against each of
 ``--rows`` rows, with ``linear="plain"`` and ``linear="auto"`` (what dustin does by default). Ratios are medians of
-``--repeats`` within this one run. Writes a CSV and a PNG under ``--out``.
+``--repeats`` within this one run. Writes a CSV and a PNG under ``--out``. ``--dtype bfloat16`` measures the models in
+bf16 (plain ``F.linear`` only: the packed GEMM is fp32; CPUs with AMX run bf16 multi-row GEMMs near one-row cost).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--context", type=int, default=4096, help="cached tokens for the per-step measurement (0: skip)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--skip-linears", action="store_true", help="only the per-step measurement")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="model dtype (bfloat16: plain F.linear only, no packed arm)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args()
     if (args.target is None) != (args.draft is None):
@@ -61,8 +64,8 @@ def per_linear(name: str, model, rows: list[int], repeats: int) -> list[dict]:
     for linear_name, mods in linear_groups(model).items():
         weights = [m.weight for m in mods]
         biases = [m.bias for m in mods]
-        width = weights[0].shape[1]
-        packed = [pack_weight(w) for w in weights]
+        width, dtype = weights[0].shape[1], weights[0].dtype
+        packed = [pack_weight(w) for w in weights] if dtype == torch.float32 else None  # MKL packs fp32 only
 
         def plain(x):
             for w, b in zip(weights, biases):
@@ -72,16 +75,18 @@ def per_linear(name: str, model, rows: list[int], repeats: int) -> list[dict]:
             for w, p, b in zip(weights, packed, biases):
                 torch.ops.mkl._mkl_linear(x, p, w, b, x.shape[0])
 
-        one = median_ms(lambda: plain(torch.randn(1, width)), repeats) / len(mods)
+        one = median_ms(lambda: plain(torch.randn(1, width, dtype=dtype)), repeats) / len(mods)
         row = {"model": name, "linear": linear_name, "shape": "x".join(map(str, weights[0].shape)),
                "one_row_ms": round(one, 3)}
         for r in rows:
-            x = torch.randn(r, width)
+            x = torch.randn(r, width, dtype=dtype)
             row[f"plain_{r}"] = round(median_ms(lambda: plain(x), repeats) / len(mods) / one, 2)
-            row[f"packed_{r}"] = round(median_ms(lambda: fast(x), repeats) / len(mods) / one, 2)
+            packed_ms = median_ms(lambda: fast(x), repeats) if packed else float("nan")
+            row[f"packed_{r}"] = round(packed_ms / len(mods) / one, 2)
         out.append(row)
         print(f"  {name:6s} {linear_name:9s} {row['shape']:>11s} 1 row {one:7.2f} ms  " + "  ".join(
-            f"{r} rows: plain {row[f'plain_{r}']:.2f}x packed {row[f'packed_{r}']:.2f}x" for r in rows), flush=True)
+            f"{r} rows: plain {row[f'plain_{r}']:.2f}x packed {row[f'packed_{r}']:.2f}x".replace("nanx", "-")
+            for r in rows), flush=True)
         del packed
     return out
 
@@ -91,7 +96,7 @@ def per_step(target, draft, tokenizer, rows: list[int], context: int, repeats: i
     out = []
     base = dustin.compile(target, draft, mode="dense", backend="eager", linear="plain")
     base.generate(prompt, max_new_tokens=1)  # prefill once; the siblings share the cache
-    for linear in ("plain", "auto"):
+    for linear in ("plain", "auto") if target.dtype == torch.float32 else ("plain",):
         model = base.with_config(linear=linear)
         model.generate(prompt, max_new_tokens=1)  # builds this sibling's decode state (the prefill is shared)
         times = {}
@@ -136,9 +141,10 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads; fp32", flush=True)
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, attn_implementation="sdpa").eval()
-    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32, attn_implementation="sdpa").eval()
+          f"threads; {args.dtype}", flush=True)
+    dtype = getattr(torch, args.dtype)
+    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype, attn_implementation="sdpa").eval()
+    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=dtype, attn_implementation="sdpa").eval()
     linears = [] if args.skip_linears else (per_linear("target", target, args.rows, args.repeats)
                                             + per_linear("draft", draft, args.rows, args.repeats))
     steps = []
