@@ -81,8 +81,9 @@ def load(args):
 def arm_config(arm: str) -> tuple[dict, bool]:
     """(DustinConfig overrides, use_draft) for a dustin arm; a ``+window`` suffix gives the draft a KV window;
     ``@g<N>`` fixes gamma (``@auto``: chosen per iteration), ``@plain`` keeps every linear as traced (no packed
-    multi-row GEMMs), ``@v<K>`` lets the draft score only the profile's K most frequent tokens (``draft_vocab``):
-    ``dense@g4``, ``ar@plain``, ``sparse+window@auto``, ``dense@g1@v16384``."""
+    multi-row GEMMs), ``@v<K>`` lets the draft score only the profile's K most frequent tokens (``draft_vocab``),
+    ``@eager`` / ``@inductor`` override ``--backend`` for this arm (to compare both in one run):
+    ``dense@g4``, ``ar@plain``, ``sparse+window@auto``, ``dense@g1@v16384``, ``ar@inductor``."""
     arm, *tags = arm.split("@")
     overrides = {}
     for tag in tags:
@@ -90,12 +91,14 @@ def arm_config(arm: str) -> tuple[dict, bool]:
             overrides["linear"] = "plain"
         elif tag == "auto":
             overrides["gamma"] = "auto"
+        elif tag in ("eager", "inductor"):
+            overrides["backend"] = tag
         elif tag.startswith("g") and tag[1:].isdigit():
             overrides["gamma"] = int(tag[1:])
         elif tag.startswith("v") and tag[1:].isdigit():
             overrides["draft_vocab"] = int(tag[1:])
         else:
-            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto, @plain or @v<K>)")
+            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto, @plain, @v<K>, @eager or @inductor)")
     if arm.endswith("+window"):
         arm, overrides["draft_kv"] = arm.removesuffix("+window"), "window"
     if arm == "ar":

@@ -9,16 +9,23 @@ tokens per row, and cost ``T(gamma) = draft(gamma) + verify(gamma + 1 rows) + ot
 first step may re-run committed tokens, then one-row steps), the verification, and what the loop spends outside
 the models (selection, acceptance, bookkeeping; an exact-mode check is left out: its cost per token does not
 depend on gamma). ``GammaPlanner.choose`` takes the gamma in 0..gamma_max with the most expected tokens per
-second, ``E / T``; gamma = 0 is plain decoding (the target alone; the draft catches up on those tokens when
-speculation resumes, in steps of up to 8 rows: that deferred cost, measured per token caught up, is charged to
-T(0), not to the gamma that happens to resume).
+second, ``E / T``; gamma = 0 is plain decoding (the target alone, at the cost of a one-row verification).
+
+Plain decoding leaves the draft behind: it catches up on those tokens only if speculation resumes, in steps of up
+to 8 rows. That cost (measured per token caught up) is paid once, by the resuming iteration, so it is weighed
+there: with the draft ``lag`` tokens behind, speculation resumes only if what it saves over the tokens still to be
+generated, ``remaining * (1/rate(0) - 1/rate(best))`` seconds, exceeds the catch-up, ``lag * catch_up``. Charging
+it to every gamma = 0 iteration instead would price plain decoding above plain decoding, and where the draft does
+not pay, ``gamma="auto"`` would lose to the target alone.
 
 Both sides are measured as decoding runs, never assumed: every phase's wall time (the clock the loop keeps anyway:
 no extra device sync) is kept per (kind, gamma or rows) and per context bucket (a power of two of the longest row:
 costs grow with the context) as an exponential moving average; acceptance is counted per draft position, with a
 longer memory, starting from a weak prior. Each gamma is tried once per bucket before the model is trusted, and
 every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0 still learns whether the
-draft became worth running); a cost not measured at this bucket is interpolated (or borrowed from the nearest
+draft became worth running; as that probe pays the catch-up, its period doubles after each probe that leaves
+gamma = 0 the best, back to ``PROBE_EVERY`` once speculation wins again, and it is skipped where the catch-up would
+cost more than ``PROBE_BUDGET`` of the time plain decoding still needs); a cost not measured at this bucket is interpolated (or borrowed from the nearest
 bucket). The planner lives on the model, so what one ``generate`` call learnt serves the next.
 
 Exact mode also chooses how to verify (``choose_verification``, whenever every token is final): densely (the
@@ -44,8 +51,14 @@ ACCEPT_DECAY = 0.1  # acceptance is noisier (a handful of rows per iteration): a
 PRIOR_TRIED, PRIOR_ACCEPTED = 2.0, 1.0  # acceptance starts at 0.5, as if two drafts had been tried
 # Every PROBE_EVERY-th informed choice takes a neighbour of the best gamma instead: otherwise a gamma = 0 streak
 # would never measure acceptance again, and a neighbour's cost measured once in a noisy moment would never be
-# corrected. It costs at most 1/PROBE_EVERY of the iterations at a near-best choice.
+# corrected. It costs at most 1/PROBE_EVERY of the iterations at a near-best choice (less in a gamma = 0 streak,
+# where each probe also pays the draft's catch-up and the period doubles up to PROBE_EVERY * 2**MAX_BACKOFF).
 PROBE_EVERY = 16
+MAX_BACKOFF = 4
+# ... and such a probe is skipped where the catch-up would cost more than this share of the time plain decoding still
+# needs: on a CPU where a draft token caught up costs ~16 % of a target step, every probe out of a long gamma = 0
+# streak cost ~16 % of that streak's time (4k, real pair), so "never slower than plain decoding" needs this bound.
+PROBE_BUDGET = 0.05
 PRIOR_CHECKED, PRIOR_ROLLED = 10.0, 1.0  # exact mode: a provisional token starts 10 % likely to be rolled back
 # Exact mode probes the other way of verifying more rarely: a sparse probe is a whole run of provisional tokens and a
 # check (~exact_every tokens of work plus one wide dense pass), not one iteration. Probing every 16 choices cost
@@ -66,6 +79,9 @@ class GammaPlanner:
     tried: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
     choices: int = 0  # informed choices so far (probes are counted among them)
+    since_probe: int = 0  # informed choices since the last probe
+    probes: int = 0  # probes so far (they alternate sides)
+    backoff: int = 0  # probes in a row that left gamma = 0 the best: the probe period is PROBE_EVERY * 2**backoff
     checked: float = PRIOR_CHECKED  # exact mode: provisional tokens a check examined (moving sum) ...
     rolled: float = PRIOR_ROLLED  # ... and how many of them it rolled back
     segments: int = 0  # exact mode: informed verification choices so far
@@ -139,8 +155,8 @@ class GammaPlanner:
         verify = self.cost(kind, gamma + 1, context)
         if verify is None:
             return None
-        # gamma = 0 leaves the draft one more token to catch up on later: that deferred cost is this iteration's.
-        draft = self.cost("draft", gamma, context) if gamma else self.cost("catch_up", 1, context)
+        # gamma = 0 runs no draft; the catch-up it leaves behind is weighed when speculation would resume (choose).
+        draft = self.cost("draft", gamma, context) if gamma else 0.0
         select = self.cost("select", 1, context) if kind == "verify" else 0.0
         return verify + (draft or 0.0) + (select or 0.0) + (self.cost("other", 1, context) or 0.0)
 
@@ -160,21 +176,50 @@ class GammaPlanner:
         measured = {r for k, r, b in self.costs if k == kind and b == bucket}
         return next((g for g in (self.gamma_max, 0, *range(self.gamma_max - 1, 0, -1)) if g + 1 not in measured), None)
 
-    def choose(self, context: int, kind: str = "verify") -> tuple[int, float | None]:
-        """(gamma, its predicted tokens/s per row, or None while exploring) for a ``kind`` verification. Each gamma
+    def choose(self, context: int, kind: str = "verify", lag: int = 0,
+               remaining: int | None = None) -> tuple[int, float | None]:
+        """(gamma, its predicted tokens/s per row, or None while exploring) for a ``kind`` verification, with the
+        draft ``lag`` tokens behind and ``remaining`` tokens still to generate (None: no end in sight). Each gamma
         is measured once per context bucket before the model is trusted."""
         gamma = self.unexplored(kind, context)
         if gamma is not None:
             return gamma, None
         rates = self.predict(context, kind)
         best = max(rates, key=lambda g: rates[g])
+        if best and lag and not self.resume_pays(rates[0], rates[best], lag, remaining, context):
+            best = 0
         self.choices += 1
-        if self.choices % PROBE_EVERY == 0:  # a probe: the neighbour of the best, alternating sides
-            side = 1 if (self.choices // PROBE_EVERY) % 2 else -1
+        self.since_probe += 1
+        if best:
+            self.backoff = 0
+        if self.since_probe >= PROBE_EVERY << self.backoff and self.probe_affordable(best, rates[0], lag, remaining,
+                                                                                    context):
+            # A probe: a neighbour of the best, alternating sides.
+            self.since_probe, self.probes = 0, self.probes + 1
+            if not best:
+                self.backoff = min(self.backoff + 1, MAX_BACKOFF)
+            side = 1 if self.probes % 2 else -1
             if not 0 <= best + side <= self.gamma_max:
                 side = -side  # at an end of the range: its one neighbour
             best += side
         return best, rates[best]
+
+    def probe_affordable(self, best: int, plain: float, lag: int, remaining: int | None, context: int) -> bool:
+        """A probe out of a gamma = 0 streak first pays the draft's catch-up on ``lag`` tokens: allowed only while
+        that costs at most ``PROBE_BUDGET`` of the time plain decoding still needs for the ``remaining`` tokens.
+        (The catch-up grows with the streak, so a longer probe period alone would not make probing cheaper.)"""
+        if best or not lag or remaining is None:
+            return True
+        per_token = self.cost("catch_up", 1, context) or 0.0
+        return lag * per_token <= PROBE_BUDGET * remaining / plain
+
+    def resume_pays(self, plain: float, speculative: float, lag: int, remaining: int | None, context: int) -> bool:
+        """Whether speculating at ``speculative`` tokens/s instead of decoding plainly at ``plain`` saves, over the
+        ``remaining`` tokens, more than the draft's catch-up on ``lag`` tokens costs (unmeasured: free)."""
+        per_token = self.cost("catch_up", 1, context) or 0.0
+        if remaining is None:
+            return True
+        return remaining * (1.0 / plain - 1.0 / speculative) > lag * per_token
 
     # ---- exact mode -------------------------------------------------------------------------------------------
     def rollback_rate(self) -> float:

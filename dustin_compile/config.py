@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 MODES = ("dense", "sparse", "guarded", "exact")
-BACKENDS = ("inductor", "eager")
+BACKENDS = ("auto", "inductor", "eager")
 SELECTORS = ("dustin", "history", "draft", "streaming", "snapkv", "quest", "oracle")
 DRAFT_KV = ("auto", "full", "window")
 LINEARS = ("auto", "plain")
@@ -41,7 +41,9 @@ class DustinConfig:
         call (rounded up to a multiple of 256). A fixed value avoids recompiles across calls.
     dtype: cast both models to this dtype at compile time (in place, like ``model.to``); ``None`` keeps theirs.
     backend: ``"inductor"`` compiles the rewritten decode graphs with Inductor; ``"eager"`` runs the rewritten FX
-        graphs as they are (no code generation: capture in seconds; what the tests use).
+        graphs as they are (no code generation: capture in seconds; what the tests use); ``"auto"`` (default):
+        Inductor where the models run on a GPU, eager on a CPU, where Inductor measured no faster on the real pair
+        (README, "Inductor or eager on a CPU") and its first compiles cost about a minute per decode graph.
     prefill_chunk: prompt tokens per prefill pass (bounds the prefill's activation memory).
     strict: raise if a captured graph has attention that cannot be rewritten (otherwise it stays as traced).
     budget, n_sink, window: the sparse selection — ``budget`` cached positions per sequence, of which the first
@@ -75,8 +77,8 @@ class DustinConfig:
     gamma_max: int = _field(4, "gamma='auto': the longest draft an iteration may choose")
     max_length: int | None = _field(None, "KV-cache capacity per sequence (default: sized per generate call)")
     dtype: torch.dtype | None = _field(None, "cast both models to this dtype (default: keep theirs)")
-    backend: str = _field("inductor", "compile decode graphs with Inductor, or run the rewritten graphs as they are",
-                          choices=BACKENDS)
+    backend: str = _field("auto", "compile decode graphs with Inductor, or run the rewritten graphs as they are "
+                          "(auto: Inductor on a GPU, eager on a CPU)", choices=BACKENDS)
     prefill_chunk: int = _field(512, "prompt tokens per prefill pass")
     strict: bool = _field(True, "raise if a captured graph has attention that cannot be rewritten")
     budget: int = _field(512, "sparse modes: cached positions each sequence attends to")

@@ -259,7 +259,8 @@ class Generation:
             if not self.dense_segment:
                 self.interval = interval
                 self.stats.intervals[interval] = self.stats.intervals.get(interval, 0) + 1
-        gamma, rate = self.planner.choose(context, "verify_dense" if self.dense_segment else "verify")
+        lag, remaining = self.lag_and_remaining()
+        gamma, rate = self.planner.choose(context, "verify_dense" if self.dense_segment else "verify", lag, remaining)
         self.gamma, self.verify_rows = gamma, gamma + 1
         self.lookahead = self.lookahead_taps and gamma > 0
         self.stats.gammas[gamma] = self.stats.gammas.get(gamma, 0) + 1
@@ -267,6 +268,18 @@ class Generation:
             rate = self.segment_rate if rate is not None else None
         if rate is not None:
             self.stats.predicted.append(rate * int(self.active.sum()))
+
+    def lag_and_remaining(self) -> tuple[int, int]:
+        """(tokens the draft must catch up on before it can draft again, beyond the one or two every iteration
+        re-runs; the most new tokens an active row may still generate): what resuming speculation costs, and over
+        how many tokens it can pay off. One host read, like the loop's own per iteration."""
+        live = ~self.settled()
+        need = torch.where(live, self.draft_need, 0).max()
+        left = torch.where(live, self.prompt_lens + self.max_new - self.n, 0).max()
+        need, left = torch.stack([need, left]).tolist()
+        if self.state.caches.shared:  # a self-draft reads the target's cache: it never lags
+            need = 0
+        return (need - 1 if need > 2 else 0), max(left, 0)
 
     def learn(self, role: str, accepted: list[int], costs: dict[str, float], total: float) -> None:
         """Feed this iteration's costs and the acceptance of its active rows to the planner. A first call of a

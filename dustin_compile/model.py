@@ -167,7 +167,7 @@ class DustinModel:
             plan = self.plan(role)
             names = plan.state_names()
             get_cache = (lambda: self._state.caches.target) if is_target else (lambda: self._state.caches.draft)
-            inductor = self.config.backend == "inductor" and not role.startswith(("prefill", "observe"))
+            inductor = self.backend == "inductor" and not role.startswith(("prefill", "observe"))
             # A target whose table is padded past the shared tokenizer (Qwen2.5-7B: 152064 rows, its 0.5B draft:
             # 151936) may still emit an id the draft has no row for: the draft reads its last id instead. Only its
             # guesses suffer (the target verifies every token), and its graph never indexes out of range.
@@ -194,6 +194,14 @@ class DustinModel:
         if self._state is None or self._state.caches is not caches:
             self._state = DecodeState.build(self.config, caches)
         return self._state
+
+    @property
+    def backend(self) -> str:
+        """How decode graphs run: the configured backend, ``"auto"`` resolved by device (Inductor on a GPU, eager
+        on a CPU: on the real pair Inductor measured no faster on a CPU, and compiles a minute per graph)."""
+        if self.config.backend != "auto":
+            return self.config.backend
+        return "inductor" if next(self.target.parameters()).device.type == "cuda" else "eager"
 
     @property
     def state(self) -> DecodeState | None:

@@ -35,6 +35,20 @@ def always_wrong_draft(target):
     return draft
 
 
+def deeper_twin(draft, extra_layers: int, family: str = "qwen2", seed: int = 0):
+    """A target that predicts exactly what ``draft`` does but costs more per step: the draft's weights plus
+    ``extra_layers`` decoder layers whose output projections are zero (each adds nothing to the residual stream)."""
+    layers = draft.config.num_hidden_layers + extra_layers
+    target = tiny_model(family, seed=seed, num_hidden_layers=layers, dtype=draft.dtype)
+    missing, unexpected = target.load_state_dict(draft.state_dict(), strict=False)
+    assert not unexpected and all(".layers." in k for k in missing)
+    with torch.no_grad():
+        for layer in target.model.layers[draft.config.num_hidden_layers:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return target
+
+
 def left_padded(prompts: list[list[int]], pad: int = 0):
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)

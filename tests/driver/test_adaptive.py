@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import dustin
-from dustin.adaptive import ACCEPT_DECAY, PROBE_EVERY, PROBE_KIND_EVERY, GammaPlanner, context_bucket
+from dustin.adaptive import (ACCEPT_DECAY, MAX_BACKOFF, PROBE_BUDGET, PROBE_EVERY, PROBE_KIND_EVERY, GammaPlanner,
+                             context_bucket)
 from dustin.flags import add_config_arguments, config_overrides
-from helpers import always_wrong_draft, hf_greedy, left_padded, random_prompts, tiny_model
+from helpers import always_wrong_draft, deeper_twin, hf_greedy, left_padded, random_prompts, tiny_model
 
 OPTS = dict(budget=16, n_sink=2, window=4, backend="eager", exact_every=3)
 
@@ -95,17 +96,76 @@ def test_acceptance_counts_per_position():
     assert tried == pytest.approx([4, 2, 1]) and accepted == pytest.approx([2, 1, 1])
 
 
+def _probe_positions(count: int) -> list[int]:
+    """1-based choices that probe in a gamma = 0 streak: the period doubles after each, up to its cap."""
+    positions, at, backoff = [], 0, 0
+    while True:
+        at += PROBE_EVERY << backoff
+        if at > count:
+            return positions
+        positions.append(at)
+        backoff = min(backoff + 1, MAX_BACKOFF)
+
+
 def test_probes_keep_a_gamma_zero_streak_learning():
     planner = GammaPlanner(4)
     _measured(planner, 3000, verify=lambda rows: 0.1 * rows, draft_step=0.05)
     planner.tried, planner.accepted = [1.0] * 4, [0.0] * 4  # a useless draft: 0 is best
-    picks = [planner.choose(3000)[0] for _ in range(4 * PROBE_EVERY)]
-    assert picks.count(0) == 4 * PROBE_EVERY - 4 and picks.count(1) == 4  # one probe of gamma = 1 per period
+    count = 40 * PROBE_EVERY
+    picks = [planner.choose(3000, lag=5)[0] for _ in range(count)]
+    probes = [i + 1 for i, g in enumerate(picks) if g]
+    assert probes == _probe_positions(count) and len(probes) >= 4  # 16, 48, 112, 240, 496, ...
+    assert set(picks) == {0, 1}  # a probe of gamma = 0's one neighbour
     planner.tried, planner.accepted = [1.0] * 4, [1.0] * 4  # the draft became perfect (as the probes measure)
     planner.costs.clear()
     _measured(planner, 3000, verify=lambda rows: 0.1, draft_step=0.01)
+    planner.since_probe = 0
     picks = [planner.choose(3000)[0] for _ in range(2 * PROBE_EVERY)]
-    assert picks.count(4) == 2 * PROBE_EVERY - 2 and picks.count(3) == 2
+    assert picks.count(4) == 2 * PROBE_EVERY - 2 and picks.count(3) == 2  # the period is back to PROBE_EVERY
+
+
+@pytest.mark.parametrize("lag", [1, 10, 19, 20, 21, 60])
+def test_a_probe_out_of_a_gamma_zero_streak_fits_a_budget(lag):
+    """Such a probe pays the draft's catch-up first: it is taken only while that costs at most PROBE_BUDGET of the
+    time plain decoding still needs."""
+    planner = GammaPlanner(4)
+    context, catch_up, remaining = 3000, 0.05, 200
+    _measured(planner, context, verify=lambda rows: 0.1 * rows, draft_step=0.05)
+    planner.record_cost("catch_up", 1, context, catch_up)
+    planner.tried, planner.accepted = [1.0] * 4, [0.0] * 4  # gamma = 0 is best: 0.1 s per token
+    picks = [planner.choose(context, lag=lag, remaining=remaining)[0] for _ in range(PROBE_EVERY)]
+    affordable = lag * catch_up <= PROBE_BUDGET * remaining * 0.1 + 1e-12  # 20 tokens of catch-up = 1 s = 5 % of 20 s
+    assert picks == [0] * (PROBE_EVERY - 1) + [1 if affordable else 0]
+    assert planner.choose(context, lag=lag, remaining=None)[0] == (0 if affordable else 1)  # no end: the probe is due
+
+
+def test_plain_decoding_costs_a_one_row_verification():
+    """gamma = 0 is the target alone: the draft's catch-up is not charged to it (it is paid only on resuming), so a
+    draft that costs more than it saves is not run, whatever its catch-up costs."""
+    planner = GammaPlanner(1)
+    context = 3000
+    planner.record_cost("verify", 1, context, 1.0)
+    planner.record_cost("verify", 2, context, 1.6)
+    planner.record_cost("draft", 1, context, 0.3)
+    planner.record_cost("catch_up", 1, context, 0.5)
+    planner.record_cost("other", 1, context, 0.0)
+    planner.tried, planner.accepted = [1.0], [0.8]  # E(1) = 1.8 tokens in 1.9 s: 0.947 tok/s < 1.0 plain
+    gamma, rate = planner.choose(context)
+    assert gamma == 0 and rate == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("lag,remaining", [(0, 5), (20, 5), (20, 13), (20, 14), (20, None), (3, 1), (40, 100)])
+def test_resuming_weighs_the_catch_up_against_the_tokens_left(lag, remaining):
+    planner = GammaPlanner(4)
+    context, catch_up = 3000, 0.05
+    _measured(planner, context, verify=lambda rows: 0.1, draft_step=0.01)
+    planner.record_cost("catch_up", 1, context, catch_up)
+    planner.tried, planner.accepted = [1.0] * 4, [1.0] * 4  # gamma = 4 commits 5 tokens in 0.14 s
+    gamma, _ = planner.choose(context, lag=lag, remaining=remaining)
+    # Oracle: seconds to produce the tokens left, plainly (0.1 s each) or catching up first, then 0.14 s per 5.
+    left = remaining if remaining is not None else 10**9
+    plain, resumed = left * 0.1, lag * catch_up + left * 0.14 / 5
+    assert gamma == (4 if resumed < plain else 0)
 
 
 class Scripted:
@@ -115,11 +175,13 @@ class Scripted:
     def __init__(self, gammas: list[int], verifications: list[tuple[str, int]] = (("verify", 3),)) -> None:
         self.gammas, self.verifications, self.i, self.j = gammas, list(verifications), 0, 0
         self.kinds: list[str] = []  # the verification kind of every gamma choice, as the driver asked for it
+        self.seen: list[tuple[int, int | None]] = []  # the (lag, remaining) the driver passed with each choice
 
-    def choose(self, context: int, kind: str = "verify"):
+    def choose(self, context: int, kind: str = "verify", lag: int = 0, remaining: int | None = None):
         gamma = self.gammas[self.i % len(self.gammas)]
         self.i += 1
         self.kinds.append(kind)
+        self.seen.append((lag, remaining))
         return gamma, None
 
     def choose_verification(self, context: int):
@@ -166,10 +228,33 @@ def test_any_gamma_sequence_decodes_the_targets_greedy_tokens(mode):
                 torch.testing.assert_close(got, kv.keys[0, :, :done], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("max_new", [12, 17])
+def test_the_driver_tells_the_planner_the_lag_and_the_tokens_left(max_new):
+    """With an always-right draft, gamma = 0 iterations each commit one token and leave the draft one more behind;
+    a gamma = g iteration commits g + 1 (capped by max_new) and leaves it the usual 1-2 behind. The driver must
+    report the lag past those (what resuming costs) and the tokens still to generate (what it can save on)."""
+    target = tiny_model("qwen2", num_hidden_layers=2, seed=13)
+    ids, mask = left_padded(random_prompts([21], seed=14))
+    model = dustin.compile(target, copy.deepcopy(target), mode="dense", gamma_max=4, max_length=128, **OPTS)
+    script = [0, 0, 0, 2, 0, 0, 0, 3]
+    model.planner = Scripted(script)
+    model.generate(ids, mask, max_new_tokens=max_new, eos_token_id=[])
+    expected, generated, need, i = [], 0, 1, 0
+    while generated < max_new:  # the rules, simulated
+        expected.append((need - 1 if need > 2 else 0, max_new - generated))
+        gamma = script[i % len(script)]
+        i += 1
+        committed = min(gamma + 1, max_new - generated)
+        generated += committed
+        need = need + 1 if not gamma else 2
+    assert model.planner.seen == expected
+
+
 def test_auto_follows_the_draft_quality():
-    target = tiny_model("qwen2", num_hidden_layers=2, seed=21)
+    draft = tiny_model("qwen2", num_hidden_layers=1, seed=21)
+    target = deeper_twin(draft, extra_layers=11)  # a right draft at a twelfth of the layers: speculation pays
     ids, mask = left_padded(random_prompts([33], seed=22))
-    good = dustin.compile(target, copy.deepcopy(target), **OPTS)
+    good = dustin.compile(target, draft, **OPTS)
     assert good.config.gamma == "auto" and good.config.max_draft == 4
     expected = good.generate(ids, mask, max_new_tokens=60, use_draft=False).sequences
     for _ in range(2):  # the second call starts from what the first learnt
