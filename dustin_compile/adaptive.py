@@ -247,11 +247,14 @@ class GammaPlanner:
                     best = (value, interval)
         return best
 
-    def choose_verification(self, context: int) -> tuple[str, int, float | None]:
+    def choose_verification(self, context: int, remaining: int | None = None) -> tuple[str, int, float | None]:
         """Exact mode, with every token final: (``"verify"`` = sparse then check after ``interval`` provisional
         tokens, or ``"verify_dense"``, interval 0; the predicted tokens/s per row or None while exploring). Sparse
         is explored first (it is what exact mode is for), then dense; every ``PROBE_KIND_EVERY``-th informed choice
-        takes the other one, so that a changed rollback rate or cost is noticed."""
+        takes the other one, so that a changed rollback rate or cost is noticed. A sparse probe where dense is best
+        loses ``kept(N) * (1/sparse - 1/dense)`` seconds (a whole run and its check for the tokens it keeps): it is
+        skipped where that exceeds ``PROBE_BUDGET`` of the time dense verification needs for the ``remaining``
+        tokens (None: no end in sight)."""
         sparse = None if self.unexplored("verify", context) is not None else self.sparse_rate(context)
         if sparse is None:
             return "verify", self.every, None
@@ -261,5 +264,7 @@ class GammaPlanner:
         self.segments += 1
         use_sparse = sparse[0] >= dense
         if self.segments % PROBE_KIND_EVERY == 0:
-            use_sparse = not use_sparse
+            loss = self.kept(sparse[1]) * (1.0 / sparse[0] - 1.0 / dense)
+            if use_sparse or remaining is None or loss <= PROBE_BUDGET * remaining / dense:
+                use_sparse = not use_sparse
         return ("verify", sparse[1], sparse[0]) if use_sparse else ("verify_dense", 0, dense)

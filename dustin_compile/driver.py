@@ -253,13 +253,13 @@ class Generation:
         """This iteration's gamma: the most expected tokens per second under the measured costs (adaptive.py). In
         exact mode, with every token final, first how to verify: densely, or sparsely until a check is due."""
         context = self.context()
+        lag, remaining = self.lag_and_remaining()
         if self.exact is not None and bool((self.final == self.n).all()):
-            kind, interval, self.segment_rate = self.planner.choose_verification(context)
+            kind, interval, self.segment_rate = self.planner.choose_verification(context, remaining)
             self.dense_segment = kind == "verify_dense"
             if not self.dense_segment:
                 self.interval = interval
                 self.stats.intervals[interval] = self.stats.intervals.get(interval, 0) + 1
-        lag, remaining = self.lag_and_remaining()
         gamma, rate = self.planner.choose(context, "verify_dense" if self.dense_segment else "verify", lag, remaining)
         self.gamma, self.verify_rows = gamma, gamma + 1
         self.lookahead = self.lookahead_taps and gamma > 0

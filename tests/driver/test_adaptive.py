@@ -184,7 +184,7 @@ class Scripted:
         self.seen.append((lag, remaining))
         return gamma, None
 
-    def choose_verification(self, context: int):
+    def choose_verification(self, context: int, remaining: int | None = None):
         kind, interval = self.verifications[self.j % len(self.verifications)]
         self.j += 1
         return kind, interval, None
@@ -374,6 +374,21 @@ def test_verification_probes_the_other_kind():
     planner = _exact_planner(5000, 0.05, 0.10, 0.12, 0.95)
     kinds = [planner.choose_verification(5000)[0] for _ in range(2 * PROBE_KIND_EVERY)]
     assert kinds.count("verify") == 2 and kinds.count("verify_dense") == 2 * PROBE_KIND_EVERY - 2
+
+
+@pytest.mark.parametrize("remaining", [None, 10, 30, 40, 10**6])
+def test_a_sparse_probe_fits_a_budget(remaining):
+    """Where dense verification is best, a sparse probe (a run and its check) is taken only while what it loses
+    against dense verification is at most PROBE_BUDGET of the time dense needs for the tokens left."""
+    context = 5000
+    planner = _exact_planner(context, 0.05, 0.10, 0.12, 0.95)
+    kinds = [planner.choose_verification(context, remaining)[0] for _ in range(PROBE_KIND_EVERY)]
+    dense = max(planner.expected_tokens(g) / planner.iteration_time(g, context, "verify_dense") for g in range(4))
+    sparse, interval = planner.sparse_rate(context)
+    loss = planner.kept(interval) * (1 / sparse - 1 / dense)
+    affordable = remaining is None or loss <= PROBE_BUDGET * remaining / dense
+    assert PROBE_BUDGET * 30 / dense < loss < PROBE_BUDGET * 40 / dense  # the cases fall on both sides
+    assert kinds == ["verify_dense"] * (PROBE_KIND_EVERY - 1) + ["verify" if affordable else "verify_dense"]
 
 
 @pytest.mark.parametrize("do_sample", [False, True])
