@@ -25,8 +25,9 @@ longer memory, starting from a weak prior. Each gamma is tried once per bucket b
 every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0 still learns whether the
 draft became worth running; as that probe pays the catch-up, its period doubles after each probe that leaves
 gamma = 0 the best, back to ``PROBE_EVERY`` once speculation wins again, and it is skipped where the catch-up would
-cost more than ``PROBE_BUDGET`` of the time plain decoding still needs); a cost not measured at this bucket is interpolated (or borrowed from the nearest
-bucket). The planner lives on the model, so what one ``generate`` call learnt serves the next.
+cost more than ``PROBE_BUDGET`` of the time plain decoding still needs); a cost not measured at this bucket is
+interpolated (or borrowed from the nearest bucket). The planner lives on the model, so what one ``generate``
+call learnt serves the next.
 
 Exact mode also chooses how to verify (``choose_verification``, whenever every token is final): densely (the
 tokens are final at once: classic speculative decoding) or sparsely, with a dense check once some row holds N
@@ -56,8 +57,9 @@ PRIOR_TRIED, PRIOR_ACCEPTED = 2.0, 1.0  # acceptance starts at 0.5, as if two dr
 PROBE_EVERY = 16
 MAX_BACKOFF = 4
 # ... and such a probe is skipped where the catch-up would cost more than this share of the time plain decoding still
-# needs: on a CPU where a draft token caught up costs ~16 % of a target step, every probe out of a long gamma = 0
-# streak cost ~16 % of that streak's time (4k, real pair), so "never slower than plain decoding" needs this bound.
+# needs: the catch-up grows with the streak, so each probe costs the same share of it whatever the period (on the
+# real pair at 1k, one probe after ~30 plain tokens cost ~15 % of a 32-token decode); "never slower than plain
+# decoding" needs this bound.
 PROBE_BUDGET = 0.05
 PRIOR_CHECKED, PRIOR_ROLLED = 10.0, 1.0  # exact mode: a provisional token starts 10 % likely to be rolled back
 # Exact mode probes the other way of verifying more rarely: a sparse probe is a whole run of provisional tokens and a
@@ -210,16 +212,18 @@ class GammaPlanner:
         (The catch-up grows with the streak, so a longer probe period alone would not make probing cheaper.)"""
         if best or not lag or remaining is None:
             return True
-        per_token = self.cost("catch_up", 1, context) or 0.0
-        return lag * per_token <= PROBE_BUDGET * remaining / plain
+        return self.catch_up(lag, context) <= PROBE_BUDGET * remaining / plain
 
     def resume_pays(self, plain: float, speculative: float, lag: int, remaining: int | None, context: int) -> bool:
         """Whether speculating at ``speculative`` tokens/s instead of decoding plainly at ``plain`` saves, over the
-        ``remaining`` tokens, more than the draft's catch-up on ``lag`` tokens costs (unmeasured: free)."""
-        per_token = self.cost("catch_up", 1, context) or 0.0
+        ``remaining`` tokens, more than the draft's catch-up on ``lag`` tokens costs."""
         if remaining is None:
             return True
-        return remaining * (1.0 / plain - 1.0 / speculative) > lag * per_token
+        return remaining * (1.0 / plain - 1.0 / speculative) > self.catch_up(lag, context)
+
+    def catch_up(self, lag: int, context: int) -> float:
+        """Seconds the draft needs to catch up on ``lag`` tokens (measured per token; unmeasured: free)."""
+        return lag * (self.cost("catch_up", 1, context) or 0.0)
 
     # ---- exact mode -------------------------------------------------------------------------------------------
     def rollback_rate(self) -> float:

@@ -201,7 +201,7 @@ class DustinModel:
         on a CPU: on the real pair Inductor measured no faster on a CPU, and compiles a minute per graph)."""
         if self.config.backend != "auto":
             return self.config.backend
-        return "inductor" if next(self.target.parameters()).device.type == "cuda" else "eager"
+        return "inductor" if self.device.type == "cuda" else "eager"
 
     @property
     def state(self) -> DecodeState | None:

@@ -35,11 +35,11 @@ def always_wrong_draft(target):
     return draft
 
 
-def deeper_twin(draft, extra_layers: int, family: str = "qwen2", seed: int = 0):
+def deeper_twin(draft, extra_layers: int, seed: int = 0):
     """A target that predicts exactly what ``draft`` does but costs more per step: the draft's weights plus
     ``extra_layers`` decoder layers whose output projections are zero (each adds nothing to the residual stream)."""
     layers = draft.config.num_hidden_layers + extra_layers
-    target = tiny_model(family, seed=seed, num_hidden_layers=layers, dtype=draft.dtype)
+    target = tiny_model(draft.config.model_type, seed=seed, num_hidden_layers=layers, dtype=draft.dtype)
     missing, unexpected = target.load_state_dict(draft.state_dict(), strict=False)
     assert not unexpected and all(".layers." in k for k in missing)
     with torch.no_grad():
