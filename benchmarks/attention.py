@@ -2,6 +2,7 @@
 
     python benchmarks/attention.py --quick     # 7B geometry, batch 4, 8k/32k, all budgets, bf16+fp32 (~20 s here)
     python benchmarks/attention.py             # full grid: 8k/16k/32k x batch 1/4/8 x both geometries (~7 min here)
+    python benchmarks/attention.py --quick --breakdown   # + where one sparse_attention call's time goes
 
 Per configuration (geometry, dtype, context L, batch B; T = γ+1 query rows) it times, interleaved repeat by repeat
 so that drift hits every arm alike (medians of --repeats after --warmup; a round during which another process used
@@ -17,6 +18,10 @@ the CPU is discarded and re-run, the CSV counts them):
   sparse per layer = attention + (estimate + select) / layers;  speedup = best dense / sparse per layer
             (the plot shows the "spread" speedup, the conservative one); speedup_group_vs_gqa = stock
             SDPA(enable_gqa=True) / sparse per layer (group estimation), the README's headline ratio.
+--breakdown splits sparse_attention into its two heavy steps (the gather of the K and V rows into the op's
+workspace layout, and the packed SDPA over them; the rest is the op's bookkeeping), timed in two regimes: "cold",
+each timed call right after the dense arm (as in the rounds, and as in a decode step, where a layer's K/V rows and
+the op's workspaces were last touched a whole forward pass earlier), and "warm", the same call repeated back to back.
 Bytes (GB/s): K and V rows read, 2 * B * Hkv * rows * D * sizeof(dtype), rows = L + T (dense) or k + T (sparse);
 estimation reads B * groups * L * D * sizeof(dtype) of K. The machine's copy bandwidth is measured at start
 (bytes copied / s of a 512 MB fp32 copy_). Triton timings are added only where CUDA exists.
@@ -36,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 import dustin.kernels  # noqa: F401  (registers the dustin ops)
+from dustin.kernels.sparse import reference as sparse_reference
 
 GEOMETRIES = {  # name: (query heads, KV heads, head dim, layers)
     "qwen2.5-7b": (28, 4, 128, 28),
@@ -58,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet-wait", type=float, default=60.0,
                    help="seconds to wait for other processes to leave the CPU before each configuration")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the sparse op's gather and SDPA apart, cold and warm (see the module docstring)")
     p.add_argument("--quick", action="store_true", help="headline subset: 7B geometry, batch 4, 8k/32k, bf16+fp32")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
@@ -194,6 +202,56 @@ def make_arms(c: dict, geometry: str, budgets: list[int]) -> tuple[dict, dict]:
     return arms, indices
 
 
+def op_steps(c: dict, geometry: str, indices: torch.Tensor) -> dict:
+    """sparse_attention's two heavy steps on their own, as the op runs them (reference.py's helpers, same layout):
+    the gather of the K and V rows (selection + new rows) and the packed SDPA over them."""
+    q_heads, kv_heads, dim, _ = GEOMETRIES[geometry]
+    batch, rows = c["q"].shape[0], c["q"].shape[2]
+    groups, width = q_heads // kv_heads, indices.shape[1] + rows
+    assert bool(indices.min() >= 0), "the benchmark's selections are full (context > budget)"
+    positions = torch.cat([indices.to(torch.int64), c["seq_lens"][:, None] + torch.arange(rows)], dim=1)
+    keys = torch.empty(batch, kv_heads, width, dim, dtype=c["k"].dtype)
+    values = torch.empty_like(keys)
+    mask = sparse_reference._causal_template(groups, rows, indices.shape[1], keys.dtype, keys.device)
+    packed_q = c["q"].reshape(batch, kv_heads, groups * rows, dim)
+
+    def gather():  # the row ids and both index_selects (a full selection: no padding)
+        ids = sparse_reference._gather(c["k"], positions, keys, None)
+        sparse_reference._gather(c["v"], positions, values, ids)
+
+    def sdpa():
+        F.scaled_dot_product_attention(packed_q, keys, values, attn_mask=mask, scale=dim**-0.5)
+
+    return dict(gather=gather, sdpa=sdpa)
+
+
+def breakdown(arms: dict, steps: dict, budget: int, repeats: int) -> dict[str, float]:
+    """Medians (ms) of the op and of its steps, cold (each timed call right after the dense arm, which streams the
+    whole cache through the CPU caches; the SDPA right after the gather, as inside the op) and warm (back to back)."""
+    op, evict = arms[f"attention_{budget}"], arms["dense_packed"]
+    cold: dict[str, list[float]] = {"gather": [], "sdpa": [], "op": []}
+    for _ in range(repeats):
+        evict()
+        for name in ("gather", "sdpa"):
+            start = time.perf_counter()
+            steps[name]()
+            cold[name].append((time.perf_counter() - start) * 1e3)
+        evict()
+        start = time.perf_counter()
+        op()
+        cold["op"].append((time.perf_counter() - start) * 1e3)
+    result = {f"{name}_cold_ms": statistics.median(v) for name, v in cold.items()}
+    for name, fn in (("gather", steps["gather"]), ("sdpa", steps["sdpa"]), ("op", op)):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        result[f"{name}_warm_ms"] = statistics.median(times)
+    return result
+
+
 def run_config(args, geometry: str, dtype_name: str, context: int, batch: int, copy_gbs: float) -> list[dict]:
     dtype = DTYPES[dtype_name]
     c = build_case(geometry, dtype, context, batch, args.rows, "cpu")
@@ -206,7 +264,11 @@ def run_config(args, geometry: str, dtype_name: str, context: int, batch: int, c
     base = dict(geometry=geometry, dtype=dtype_name, context=context, batch=batch, rows=args.rows,
                 threads=torch.get_num_threads(), copy_gbs=copy_gbs, cpu_busy_before=round(busy, 3),
                 rounds=len(samples["dense_packed"]), rounds_discarded=discarded)
-    return [summarize(base, med, budget, triton_ms.get(budget, float("nan"))) for budget in budgets]
+    rows = [summarize(base, med, budget, triton_ms.get(budget, float("nan"))) for budget in budgets]
+    if args.breakdown:
+        for row in rows:
+            row.update(breakdown(arms, op_steps(c, geometry, indices[row["budget"]]), row["budget"], args.repeats))
+    return rows
 
 
 def summarize(base: dict, med: dict, budget: int, triton_ms: float) -> dict:
@@ -255,11 +317,17 @@ COLUMNS = [("geometry", "{}"), ("dtype", "{}"), ("context", "{}"), ("batch", "{}
            ("dense_gbs", "{:.1f}"), ("attention_gbs", "{:.1f}"), ("est_spread_gbs", "{:.1f}"), ("rounds", "{}")]
 
 
-def print_row(row: dict, header: bool) -> None:
+BREAKDOWN = [("geometry", "{}"), ("dtype", "{}"), ("context", "{}"), ("batch", "{}"), ("budget", "{}"),
+             ("attention_ms", "{:.3f}"), ("op_cold_ms", "{:.3f}"), ("gather_cold_ms", "{:.3f}"),
+             ("sdpa_cold_ms", "{:.3f}"), ("op_warm_ms", "{:.3f}"), ("gather_warm_ms", "{:.3f}"),
+             ("sdpa_warm_ms", "{:.3f}")]
+
+
+def print_row(row: dict, header: bool, columns: list[tuple[str, str]] = COLUMNS) -> None:
     if header:
-        print("| " + " | ".join(name for name, _ in COLUMNS) + " |")
-        print("|" + "---|" * len(COLUMNS))
-    print("| " + " | ".join(fmt.format(row[name]) for name, fmt in COLUMNS) + " |", flush=True)
+        print("| " + " | ".join(name for name, _ in columns) + " |")
+        print("|" + "---|" * len(columns))
+    print("| " + " | ".join(fmt.format(row[name]) for name, fmt in columns) + " |", flush=True)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -307,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
                     for row in run_config(args, geometry, dtype_name, context, batch, copy_gbs):
                         print_row(row, header=not rows)
                         rows.append(row)
+    if args.breakdown:
+        print("# sparse_attention split into its steps (ms; attention_ms = the rounds' median, as above; the rest of"
+              " the op's time is its bookkeeping):")
+        for i, row in enumerate(rows):
+            print_row(row, header=i == 0, columns=BREAKDOWN)
     with open(args.out / "attention.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 import torch.fx as fx
 from torch.utils.weak import WeakIdKeyDictionary
+from tqdm.auto import tqdm
 
 from dustin.kernels import pack_weight
 from dustin.kernels.linear import PACK_ROWS
@@ -100,14 +101,16 @@ class LinearChooser:
 
     ``path``: a JSON file that keeps the measurements between processes (``None``: this process only).
     ``force``: ``"plain"`` / ``"packed"`` skips the measurement (tests; ``"packed"`` still needs eligibility).
+    ``progress``: show a bar while ``pack_linears`` times shapes this machine has not measured yet.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, force: str | None = None,
-                 packed: PackedWeights | None = None) -> None:
+                 packed: PackedWeights | None = None, progress: bool = True) -> None:
         if force not in (None, "plain", "packed"):
             raise ValueError(f"LinearChooser.force must be None, 'plain' or 'packed', got {force!r}")
         self.path, self.force = (Path(path) if path is not None else None), force
         self.packed = packed or PackedWeights()
+        self.progress = progress  # a bar while timing shapes not measured on this machine yet
         self.machine = _machine_key()
         self.timings: dict[str, Timing] = {}
         self._load()
@@ -125,12 +128,19 @@ class LinearChooser:
             return self.force
         if rows < 2:
             return "plain"  # one row streams the weight at the bandwidth limit already
-        weight = weights[0]
-        key = f"{self.machine}|{weight.dtype}|{tuple(weight.shape)}|bias={biases[0] is not None}|rows={rows}"
+        key = self._key(weights, rows, biases)
         if key not in self.timings:
             self.timings[key] = self._measure(weights, rows, biases)
             self._save()
         return self.timings[key].choice
+
+    def needs_measuring(self, weights: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None]) -> bool:
+        """``choose`` would time this group now (nothing forced, several rows, not measured on this machine yet)."""
+        return self.force is None and rows >= 2 and self._key(weights, rows, biases) not in self.timings
+
+    def _key(self, weights: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None]) -> str:
+        weight = weights[0]
+        return f"{self.machine}|{weight.dtype}|{tuple(weight.shape)}|bias={biases[0] is not None}|rows={rows}"
 
     def _measure(self, weights: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None]) -> Timing:
         x = torch.randn(rows, weights[0].shape[1], dtype=weights[0].dtype)
@@ -204,6 +214,12 @@ def _value(node) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+def _group_args(items: list[_Linear]) -> tuple[list[torch.Tensor], int, list[torch.Tensor | None]]:
+    """A group's distinct weights, its rows and their biases: what ``LinearChooser.choose`` takes."""
+    unique = list({id(i.weight): i for i in items}.values())
+    return [i.weight for i in unique], unique[0].rows, [i.bias for i in unique]
+
+
 def pack_linears(gm: fx.GraphModule, example_inputs: list, chooser: LinearChooser,
                  opaque: bool = False) -> PackedLinears:
     """Rewrite each eligible ``linear(x, W, b)`` whose weight is a graph input into ``x.reshape(M, in)`` →
@@ -234,9 +250,15 @@ def pack_linears(gm: fx.GraphModule, example_inputs: list, chooser: LinearChoose
     for item in found:
         groups.setdefault(item.key, []).append(item)
     choices = {}
-    for key, items in groups.items():
-        unique = list({id(i.weight): i for i in items}.values())
-        choices[key] = chooser.choose([i.weight for i in unique], key[2], [i.bias for i in unique])
+    pending = sum(chooser.needs_measuring(*_group_args(items)) for items in groups.values())
+    # Timing every (shape, rows) group takes seconds to minutes the first time on a machine (then it is cached).
+    with tqdm(total=pending, desc="time linear formulations (once per machine)", unit="shape",
+              disable=not pending or not chooser.progress) as bar:
+        for key, items in groups.items():
+            weights, rows, biases = _group_args(items)
+            measuring = chooser.needs_measuring(weights, rows, biases)
+            choices[key] = chooser.choose(weights, rows, biases)
+            bar.update(measuring)
     for node, w, b, weight, bias, fake_x, rows in found:
         x = node.args[0]  # read now: an earlier rewrite may have replaced this linear's input node
         choice = choices[(tuple(weight.shape), bias is not None, rows)]

@@ -86,8 +86,10 @@ def test_int32_indices_and_empty_selection():
 
 
 def test_strided_inputs():
-    """A batch slice of a larger cache (flat fast path), an HF-style transposed q, and a fully strided cache."""
-    q, k, v, indices, seq_lens = make_attention_case(4, 8, 2, 64, 5, [200, 150, 90, 60], 24, seed=5)
+    """A batch slice of a larger cache (flat fast path), an HF-style transposed q, and a fully strided cache; the
+    last row is shorter than the budget, so its selection is padded (-1) on every path."""
+    q, k, v, indices, seq_lens = make_attention_case(4, 8, 2, 64, 5, [200, 150, 90, 20], 24, seed=5)
+    assert bool((indices[3] < 0).any())
     want = sparse_attention(q, k, v, indices, seq_lens)
     q_t = q.transpose(1, 2).contiguous().transpose(1, 2)  # [B, T, H, D] storage, as HF projections produce
     torch.testing.assert_close(sparse_attention(q_t, k, v, indices, seq_lens), want)
@@ -96,6 +98,8 @@ def test_strided_inputs():
                                want[1:3])
     k_odd = k.transpose(2, 3).contiguous().transpose(2, 3)  # D not innermost: the advanced-indexing fallback
     torch.testing.assert_close(sparse_attention(q, k_odd, v, indices, seq_lens), want)
+    torch.testing.assert_close(sparse_attention(q, k_odd, k_odd.clone(), indices, seq_lens),
+                               sparse_attention(q, k, k, indices, seq_lens))  # both caches on the fallback
 
 
 def test_reference_reuses_workspaces():

@@ -103,7 +103,11 @@ def test_choices_are_measured_once_and_kept_on_disk(tmp_path):
     weight = torch.randn(96, 80)
     chooser = LinearChooser(path)
     assert chooser.choose([weight], 1, [None]) == "plain"  # one row: not measured
+    assert not chooser.needs_measuring([weight], 1, [None])
+    assert chooser.needs_measuring([weight], 5, [None])  # what pack_linears counts for its progress bar
     choice = chooser.choose([weight, weight * 2], 5, [None, None])
+    assert not chooser.needs_measuring([weight], 5, [None]) and chooser.needs_measuring([weight], 6, [None])
+    assert not LinearChooser(force="plain").needs_measuring([weight], 5, [None])
     assert choice in ("plain", "packed")
     saved = json.loads(path.read_text())
     assert len(saved) == 1 and all(len(v) == 2 and min(v) > 0 for v in saved.values())
