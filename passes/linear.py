@@ -250,15 +250,14 @@ def pack_linears(gm: fx.GraphModule, example_inputs: list, chooser: LinearChoose
     for item in found:
         groups.setdefault(item.key, []).append(item)
     choices = {}
-    pending = sum(chooser.needs_measuring(*_group_args(items)) for items in groups.values())
+    group_args = {key: _group_args(items) for key, items in groups.items()}
+    pending = {key for key, args in group_args.items() if chooser.needs_measuring(*args)}
     # Timing every (shape, rows) group takes seconds to minutes the first time on a machine (then it is cached).
-    with tqdm(total=pending, desc="time linear formulations (once per machine)", unit="shape",
+    with tqdm(total=len(pending), desc="time linear formulations (once per machine)", unit="shape",
               disable=not pending or not chooser.progress) as bar:
-        for key, items in groups.items():
-            weights, rows, biases = _group_args(items)
-            measuring = chooser.needs_measuring(weights, rows, biases)
-            choices[key] = chooser.choose(weights, rows, biases)
-            bar.update(measuring)
+        for key, args in group_args.items():
+            choices[key] = chooser.choose(*args)
+            bar.update(key in pending)
     for node, w, b, weight, bias, fake_x, rows in found:
         x = node.args[0]  # read now: an earlier rewrite may have replaced this linear's input node
         choice = choices[(tuple(weight.shape), bias is not None, rows)]
