@@ -20,14 +20,14 @@ not pay, ``gamma="auto"`` would lose to the target alone.
 
 Both sides are measured as decoding runs, never assumed: every phase's wall time (the clock the loop keeps anyway:
 no extra device sync) is kept per (kind, gamma or rows) and per context bucket (a power of two of the longest row:
-costs grow with the context) as an exponential moving average; acceptance is counted per draft position, with a
-longer memory, starting from a weak prior. Each gamma is tried once per bucket before the model is trusted, and
-every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0 still learns whether the
-draft became worth running; as that probe pays the catch-up, its period doubles after each probe that leaves
-gamma = 0 the best, back to ``PROBE_EVERY`` once speculation wins again, and it is skipped where the catch-up would
-cost more than ``PROBE_BUDGET`` of the time plain decoding still needs); a cost not measured at this bucket is
-interpolated (or borrowed from the nearest bucket). The planner lives on the model, so what one ``generate``
-call learnt serves the next.
+costs grow with the context) as an exponential moving average; acceptance is counted per draft position over about
+the last ``ACCEPT_MEMORY`` drafted tokens, starting from a weak prior. Each gamma is tried once per bucket before
+the model is trusted, and every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0
+still learns whether the draft became worth running; as that probe pays the catch-up, its period doubles after each
+probe that leaves gamma = 0 the best, back to ``PROBE_EVERY`` once speculation wins again, and it is skipped where
+the catch-up would cost more than ``PROBE_BUDGET`` of the time plain decoding still needs); a cost not measured at
+this bucket is interpolated (or borrowed from the nearest bucket). The planner lives on the model, so what one
+``generate`` call learnt serves the next.
 
 Exact mode also chooses how to verify (``choose_verification``, whenever every token is final): densely (the
 tokens are final at once: classic speculative decoding) or sparsely, with a dense check once some row holds N
@@ -45,11 +45,23 @@ densely pays where sparse verification saves less than its checks and rollbacks 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 DECAY = 0.3  # weight of a new cost measurement in its moving average
-ACCEPT_DECAY = 0.1  # acceptance is noisier (a handful of rows per iteration): a longer memory
+# Acceptance is remembered per drafted token, not per iteration: each new outcome at a position discounts the older
+# ones by 1 - 1/ACCEPT_MEMORY (about the last ACCEPT_MEMORY drafts count), whatever the batch. A per-iteration average
+# with weight 0.1 was ~10 tokens at batch 1: on the real pair at 4k (true acceptance ~0.6), a run of 5-6 rejections
+# pulled the estimate under the point where speculation pays, gamma = 0 streaks froze it there (no drafts, no
+# outcomes), and gamma="auto" decoded plainly for most of a run (1.01x `ar` against 1.14x for a fixed gamma = 1).
+ACCEPT_MEMORY = 32
 PRIOR_TRIED, PRIOR_ACCEPTED = 2.0, 1.0  # acceptance starts at 0.5, as if two drafts had been tried
+# gamma = 0 (no draft, so no new outcomes until a probe) is chosen only when speculation does not pay even at the
+# acceptance STOP_Z standard deviations above the estimate (a Wilson bound): with few or borderline outcomes the
+# draft keeps running and measuring. Without it a cold start (a few early rejections against a weak prior) or a
+# chance dip of a draft that pays stopped speculation for a whole 64-token run on the real pair.
+STOP_Z = 1.0
+CHECK_DECAY = 0.1  # exact mode: weight of one dense check's outcome in the rollback rate (a check examines ~8 tokens)
 # Every PROBE_EVERY-th informed choice takes a neighbour of the best gamma instead: otherwise a gamma = 0 streak
 # would never measure acceptance again, and a neighbour's cost measured once in a noisy moment would never be
 # corrected. It costs at most 1/PROBE_EVERY of the iterations at a near-best choice (less in a gamma = 0 streak,
@@ -107,8 +119,9 @@ class GammaPlanner:
             tried = sum(a >= i for a in accepted)
             if tried:
                 hit = sum(a > i for a in accepted)
-                self.tried[i] = (1 - ACCEPT_DECAY) * self.tried[i] + ACCEPT_DECAY * tried
-                self.accepted[i] = (1 - ACCEPT_DECAY) * self.accepted[i] + ACCEPT_DECAY * hit
+                keep = (1 - 1 / ACCEPT_MEMORY) ** tried  # each of the `tried` new outcomes discounts the old ones
+                self.tried[i] = keep * self.tried[i] + tried
+                self.accepted[i] = keep * self.accepted[i] + hit
 
     def record_check(self, keep: list[int], rolled: list[bool]) -> None:
         """Exact mode, one dense check: per row with provisional tokens, ``keep[b]`` of them stood and ``rolled[b]``
@@ -116,16 +129,25 @@ class GammaPlanner:
         if not keep:
             return
         examined = sum(k + int(r) for k, r in zip(keep, rolled))
-        self.checked = (1 - ACCEPT_DECAY) * self.checked + ACCEPT_DECAY * examined
-        self.rolled = (1 - ACCEPT_DECAY) * self.rolled + ACCEPT_DECAY * sum(map(int, rolled))
+        self.checked = (1 - CHECK_DECAY) * self.checked + CHECK_DECAY * examined
+        self.rolled = (1 - CHECK_DECAY) * self.rolled + CHECK_DECAY * sum(map(int, rolled))
 
     # ---- the model --------------------------------------------------------------------------------------------
-    def alphas(self) -> list[float]:
-        return [a / t for a, t in zip(self.accepted, self.tried)]
+    def alphas(self, optimistic: bool = False) -> list[float]:
+        """Per draft position, the acceptance estimate; ``optimistic``: its Wilson upper bound one standard
+        deviation up (what the outcomes so far cannot rule out)."""
+        if not optimistic:
+            return [a / t for a, t in zip(self.accepted, self.tried)]
+        bounds = []
+        for a, n in zip(self.accepted, self.tried):
+            p, z2 = a / n, STOP_Z * STOP_Z
+            spread = STOP_Z * math.sqrt(max(p * (1 - p), 0.0) / n + z2 / (4 * n * n))
+            bounds.append(min(1.0, (p + z2 / (2 * n) + spread) / (1 + z2 / n)))
+        return bounds
 
-    def expected_tokens(self, gamma: int) -> float:
+    def expected_tokens(self, gamma: int, optimistic: bool = False) -> float:
         total, run = 1.0, 1.0
-        for alpha in self.alphas()[:gamma]:
+        for alpha in self.alphas(optimistic)[:gamma]:
             run *= alpha
             total += run
         return total
@@ -162,12 +184,13 @@ class GammaPlanner:
         select = self.cost("select", 1, context) if kind == "verify" else 0.0
         return verify + (draft or 0.0) + (select or 0.0) + (self.cost("other", 1, context) or 0.0)
 
-    def predict(self, context: int, kind: str = "verify") -> dict[int, float | None]:
-        """gamma -> expected committed tokens per second per row (None: not measured enough yet)."""
+    def predict(self, context: int, kind: str = "verify", optimistic: bool = False) -> dict[int, float | None]:
+        """gamma -> expected committed tokens per second per row (None: not measured enough yet); ``optimistic``:
+        with the acceptance upper bounds."""
         out = {}
         for gamma in range(self.gamma_max + 1):
             t = self.iteration_time(gamma, context, kind)
-            out[gamma] = self.expected_tokens(gamma) / t if t else None
+            out[gamma] = self.expected_tokens(gamma, optimistic) / t if t else None
         return out
 
     def unexplored(self, kind: str, context: int) -> int | None:
@@ -188,6 +211,11 @@ class GammaPlanner:
             return gamma, None
         rates = self.predict(context, kind)
         best = max(rates, key=lambda g: rates[g])
+        if not best and self.gamma_max:  # stop speculating only once the outcomes show that it does not pay
+            hopeful = self.predict(context, kind, optimistic=True)
+            speculative = max(range(1, self.gamma_max + 1), key=lambda g: hopeful[g])
+            if hopeful[speculative] > rates[0]:
+                best = speculative
         if best and lag and not self.resume_pays(rates[0], rates[best], lag, remaining, context):
             best = 0
         self.choices += 1

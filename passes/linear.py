@@ -129,13 +129,14 @@ class LinearChooser:
         if rows < 2:
             return "plain"  # one row streams the weight at the bandwidth limit already
         key = self._key(weights, rows, biases)
-        if key not in self.timings:
+        if self.needs_measuring(weights, rows, biases):
             self.timings[key] = self._measure(weights, rows, biases)
             self._save()
         return self.timings[key].choice
 
     def needs_measuring(self, weights: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None]) -> bool:
-        """``choose`` would time this group now (nothing forced, several rows, not measured on this machine yet)."""
+        """``choose`` times this group now (nothing forced, several rows, not measured on this machine yet): the one
+        statement of that rule, which ``pack_linears`` also asks to size its progress bar."""
         return self.force is None and rows >= 2 and self._key(weights, rows, biases) not in self.timings
 
     def _key(self, weights: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None]) -> str:

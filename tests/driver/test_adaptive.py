@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import math
 
 import pytest
 import torch
 
 import dustin
-from dustin.adaptive import (ACCEPT_DECAY, MAX_BACKOFF, PROBE_BUDGET, PROBE_EVERY, PROBE_KIND_EVERY, GammaPlanner,
-                             context_bucket)
+from dustin.adaptive import (ACCEPT_MEMORY, CHECK_DECAY, MAX_BACKOFF, PROBE_BUDGET, PROBE_EVERY, PROBE_KIND_EVERY,
+                             STOP_Z, GammaPlanner, context_bucket)
 from dustin.flags import add_config_arguments, config_overrides
 from helpers import always_wrong_draft, deeper_twin, hf_greedy, left_padded, random_prompts, tiny_model
 
 OPTS = dict(budget=16, n_sink=2, window=4, backend="eager", exact_every=3)
+SURE = 1000.0  # drafts behind an acceptance estimate that leave no doubt (gamma = 0 needs evidence: STOP_Z)
 
 
 def _expected_by_enumeration(alphas: list[float], gamma: int) -> float:
@@ -58,7 +60,7 @@ def test_choice_is_the_argmax_of_expected_tokens_per_second():
     assert order == [4]  # nothing measured: gamma_max is explored first
     _measured(planner, context, verify=lambda rows: 0.1 + 0.01 * rows, draft_step=0.02)
     for accepted_rate, expected in ((0.95, 4), (0.0, 0)):
-        planner.tried, planner.accepted = [1.0] * 4, [accepted_rate] * 4
+        planner.tried, planner.accepted = [SURE] * 4, [accepted_rate * SURE] * 4
         gamma, rate = planner.choose(context)
         rates = {g: planner.expected_tokens(g) / planner.iteration_time(g, context) for g in range(5)}
         assert gamma == expected == max(rates, key=rates.get)
@@ -91,9 +93,57 @@ def test_acceptance_counts_per_position():
     planner = GammaPlanner(3)
     planner.tried, planner.accepted = [0.0] * 3, [0.0] * 3
     planner.record_acceptance(3, [3, 1, 0, 0])  # row 0 all; row 1 first only; rows 2-3 none
-    tried = [t / ACCEPT_DECAY for t in planner.tried]
-    accepted = [a / ACCEPT_DECAY for a in planner.accepted]
-    assert tried == pytest.approx([4, 2, 1]) and accepted == pytest.approx([2, 1, 1])
+    assert planner.tried == pytest.approx([4, 2, 1]) and planner.accepted == pytest.approx([2, 1, 1])
+    # Older outcomes fade per drafted token, whatever the batch: 4 new outcomes at position 0 discount the old 4
+    # as much as 4 iterations of one row would.
+    planner.record_acceptance(1, [0, 0, 0, 0])
+    keep = (1 - 1 / ACCEPT_MEMORY) ** 4
+    assert planner.tried[0] == pytest.approx(4 * keep + 4) and planner.accepted[0] == pytest.approx(2 * keep)
+
+
+def real_pair_4k_planner() -> GammaPlanner:
+    """gamma_max 1, with the costs the real pair measured at 4k (batch 1, the AMX host): a one-row target step
+    0.256 s, a two-row verification 0.269 s, a draft step 0.104 s; gamma = 1 pays from an acceptance of ~0.46."""
+    planner = GammaPlanner(1)
+    planner.record_cost("verify", 1, 4096, 0.256)
+    planner.record_cost("verify", 2, 4096, 0.269)
+    planner.record_cost("draft", 1, 4096, 0.104)
+    planner.record_cost("other", 1, 4096, 0.001)
+    return planner
+
+
+@pytest.mark.parametrize("tried,stops", [(2.0, False), (10.0, False), (40.0, False), (100.0, True), (SURE, True)])
+def test_speculation_stops_only_on_evidence(tried, stops):
+    """An acceptance of 0.4 where gamma = 1 pays from 0.46: gamma = 0 (which yields no new outcomes) is chosen only
+    once enough drafts back the estimate that even one standard deviation up (the Wilson bound) would not pay."""
+    planner, context = real_pair_4k_planner(), 4096
+    planner.tried, planner.accepted = [tried], [0.4 * tried]
+    rates = planner.predict(context)
+    assert rates[0] > rates[1]  # the estimate alone says: stop
+    n, z = tried, STOP_Z
+    upper = (0.4 + z * z / (2 * n) + z * math.sqrt(0.24 / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    assert planner.alphas(optimistic=True)[0] == pytest.approx(upper)
+    gamma, rate = planner.choose(context)
+    assert gamma == (0 if stops else 1) and rate == pytest.approx(rates[gamma])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_run_of_rejections_does_not_stop_a_paying_draft(seed):
+    """Batch 1, a draft accepted 60 % of the time, costs under which gamma = 1 pays from an acceptance of 0.46 up
+    (the real pair at 4k): runs of 5-6 rejections happen every ~100 drafts. The estimate must not fall under 0.46
+    on each of them (with a memory of ~10 drafts it did, and a gamma = 0 streak then froze it there: no drafts, no
+    outcomes), so speculation keeps running in nearly every iteration."""
+    planner, context = real_pair_4k_planner(), 4096
+    rng = torch.Generator().manual_seed(seed)
+    picks = []
+    for _ in range(400):
+        gamma = planner.choose(context)[0]
+        picks.append(gamma)
+        if gamma:
+            planner.record_acceptance(1, [int(torch.rand((), generator=rng) < 0.6)])
+    assert picks[40:].count(1) >= 0.9 * len(picks[40:])
+    alpha = planner.alphas()[0]
+    assert 0.4 < alpha < 0.8
 
 
 def _probe_positions(count: int) -> list[int]:
@@ -110,7 +160,7 @@ def _probe_positions(count: int) -> list[int]:
 def test_probes_keep_a_gamma_zero_streak_learning():
     planner = GammaPlanner(4)
     _measured(planner, 3000, verify=lambda rows: 0.1 * rows, draft_step=0.05)
-    planner.tried, planner.accepted = [1.0] * 4, [0.0] * 4  # a useless draft: 0 is best
+    planner.tried, planner.accepted = [SURE] * 4, [0.0] * 4  # a useless draft: 0 is best
     count = 40 * PROBE_EVERY
     picks = [planner.choose(3000, lag=5)[0] for _ in range(count)]
     probes = [i + 1 for i, g in enumerate(picks) if g]
@@ -132,7 +182,7 @@ def test_a_probe_out_of_a_gamma_zero_streak_fits_a_budget(lag):
     context, catch_up, remaining = 3000, 0.05, 200
     _measured(planner, context, verify=lambda rows: 0.1 * rows, draft_step=0.05)
     planner.record_cost("catch_up", 1, context, catch_up)
-    planner.tried, planner.accepted = [1.0] * 4, [0.0] * 4  # gamma = 0 is best: 0.1 s per token
+    planner.tried, planner.accepted = [SURE] * 4, [0.0] * 4  # gamma = 0 is best: 0.1 s per token
     picks = [planner.choose(context, lag=lag, remaining=remaining)[0] for _ in range(PROBE_EVERY)]
     affordable = lag * catch_up <= PROBE_BUDGET * remaining * 0.1 + 1e-12  # 20 tokens of catch-up = 1 s = 5 % of 20 s
     assert picks == [0] * (PROBE_EVERY - 1) + [1 if affordable else 0]
@@ -149,7 +199,7 @@ def test_plain_decoding_costs_a_one_row_verification():
     planner.record_cost("draft", 1, context, 0.3)
     planner.record_cost("catch_up", 1, context, 0.5)
     planner.record_cost("other", 1, context, 0.0)
-    planner.tried, planner.accepted = [1.0], [0.8]  # E(1) = 1.8 tokens in 1.9 s: 0.947 tok/s < 1.0 plain
+    planner.tried, planner.accepted = [SURE], [0.8 * SURE]  # E(1) = 1.8 tokens in 1.9 s: 0.947 tok/s < 1.0 plain
     gamma, rate = planner.choose(context)
     assert gamma == 0 and rate == pytest.approx(1.0)
 
@@ -320,7 +370,7 @@ def test_rollback_rate_counts_examined_tokens():
     planner = GammaPlanner(2, every=8)
     planner.checked, planner.rolled = 0.0, 0.0
     planner.record_check([8, 2, 0], [False, True, True])  # 8 stood; 2 then a mismatch; a mismatch at once
-    assert planner.checked == pytest.approx(ACCEPT_DECAY * (8 + 3 + 1))
+    assert planner.checked == pytest.approx(CHECK_DECAY * (8 + 3 + 1))
     assert planner.rollback_rate() == pytest.approx(2 / 12)
 
 
