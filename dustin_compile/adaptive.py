@@ -212,9 +212,10 @@ class GammaPlanner:
         rates = self.predict(context, kind)
         best = max(rates, key=lambda g: rates[g])
         if not best and self.gamma_max:  # stop speculating only once the outcomes show that it does not pay
-            hopeful = self.predict(context, kind, optimistic=True)
-            speculative = max(range(1, self.gamma_max + 1), key=lambda g: hopeful[g])
-            if hopeful[speculative] > rates[0]:
+            # The gamma to keep is the best by the estimate; the bound only asks whether stopping is premature.
+            # (Ranking by the bounds favoured the deepest gamma, whose rarely drafted positions have the widest.)
+            speculative = max(range(1, self.gamma_max + 1), key=lambda g: rates[g])
+            if self.predict(context, kind, optimistic=True)[speculative] > rates[0]:
                 best = speculative
         if best and lag and not self.resume_pays(rates[0], rates[best], lag, remaining, context):
             best = 0

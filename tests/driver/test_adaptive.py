@@ -127,6 +127,23 @@ def test_speculation_stops_only_on_evidence(tried, stops):
     assert gamma == (0 if stops else 1) and rate == pytest.approx(rates[gamma])
 
 
+def test_the_bound_keeps_the_best_speculative_gamma_not_the_least_measured():
+    """Costs of the real pair at 8k, batch 4 (AMD host): plain decoding narrowly beats every gamma by the estimate,
+    and the first draft position's bound (32 outcomes) says stopping may be premature. The gamma kept must be the
+    best by the estimate (1). Ranking by the bounds picked gamma = 3, whose deep positions had two or three outcomes
+    each and the widest bounds: 0.87x plain decoding by the estimate (measured: `dense` auto 0.84x `ar`)."""
+    planner, context = GammaPlanner(4), 8192
+    for rows, seconds in {1: 1.12, 2: 1.39, 3: 1.5, 4: 1.6, 5: 1.7}.items():
+        planner.record_cost("verify", rows, context, seconds)
+    for gamma in range(1, 5):
+        planner.record_cost("draft", gamma, context, 0.45 * gamma)
+    planner.tried, planner.accepted = [32.0, 3.0, 2.0, 2.0], [19.2, 2.0, 1.5, 1.5]
+    rates, hopeful = planner.predict(context), planner.predict(context, optimistic=True)
+    assert max(rates, key=rates.get) == 0 and hopeful[1] > rates[0]  # the premise
+    assert max(range(1, 5), key=hopeful.get) > 1 and rates[1] == max(rates[g] for g in range(1, 5))
+    assert planner.choose(context) == (1, pytest.approx(rates[1]))
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_run_of_rejections_does_not_stop_a_paying_draft(seed):
     """Batch 1, a draft accepted 60 % of the time, costs under which gamma = 1 pays from an acceptance of 0.46 up

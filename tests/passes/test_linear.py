@@ -9,7 +9,8 @@ import torch
 
 import dustin
 from dustin.passes import DustinBackend, LinearChooser, RewritePlan
-from dustin.passes.linear import packing_available
+from dustin.passes import linear as linear_pass
+from dustin.passes.linear import TIMED_BYTES, TIMED_FLOPS, packing_available, timed_weights
 from helpers import left_padded, random_prompts, tiny_model
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no MKL packed GEMM")
@@ -118,6 +119,29 @@ def test_choices_are_measured_once_and_kept_on_disk(tmp_path):
     assert LinearChooser(path).timings == {}  # a damaged file is measured again, never trusted
     with pytest.raises(ValueError, match="force"):
         LinearChooser(force="fast")
+
+
+@pytest.mark.parametrize("shape", [(1536, 1536), (256, 1536), (8960, 1536), (151936, 1536), (4864, 896), (37, 53)])
+@pytest.mark.parametrize("rows", [2, 5, 20, 512, 2048])
+def test_a_measurement_streams_past_the_cache_and_stops_once_compute_bound(shape, rows):
+    """The real pair's weight shapes (on the meta device: no memory): enough weights to stream TIMED_BYTES from
+    memory, unless that many would compute more than TIMED_FLOPS (prefill sizes, where one weight is compute-bound)
+    or the graph has fewer; never one more than needed."""
+    weight = torch.empty(shape, device="meta")
+    size, flops = weight.numel() * 4, 2 * rows * weight.numel()
+    for available in (1, 3, 28):
+        count = timed_weights(weight, rows, available)
+        assert 1 <= count <= available
+        assert count == available or count * size >= TIMED_BYTES or count * flops >= TIMED_FLOPS
+        assert count == 1 or ((count - 1) * size < TIMED_BYTES and (count - 1) * flops < TIMED_FLOPS)
+
+
+def test_a_measurement_touches_only_the_weights_it_times(monkeypatch):
+    """Weights past ``timed_weights``' count are never run (here: meta tensors, which MKL would refuse)."""
+    monkeypatch.setattr(linear_pass, "TIMED_BYTES", 1)
+    weight = torch.randn(96, 80)
+    timing = LinearChooser()._measure([weight] + [torch.empty(96, 80, device="meta")] * 5, 7, [None] * 6)
+    assert timing.plain_ms > 0 and timing.packed_ms > 0
 
 
 def test_config_field():
