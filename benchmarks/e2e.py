@@ -82,8 +82,9 @@ def arm_config(arm: str) -> tuple[dict, bool]:
     """(DustinConfig overrides, use_draft) for a dustin arm; a ``+window`` suffix gives the draft a KV window;
     ``@g<N>`` fixes gamma (``@auto``: chosen per iteration), ``@plain`` keeps every linear as traced (no packed
     multi-row GEMMs), ``@v<K>`` lets the draft score only the profile's K most frequent tokens (``draft_vocab``),
+    ``@q8`` runs the draft's decode steps on int8 weights (``draft_quant="int8"``),
     ``@eager`` / ``@inductor`` override ``--backend`` for this arm (to compare both in one run):
-    ``dense@g4``, ``ar@plain``, ``sparse+window@auto``, ``dense@g1@v16384``, ``ar@inductor``."""
+    ``dense@g4``, ``ar@plain``, ``sparse+window@auto``, ``dense@g1@v16384``, ``dense@q8``, ``ar@inductor``."""
     arm, *tags = arm.split("@")
     overrides = {}
     for tag in tags:
@@ -97,8 +98,10 @@ def arm_config(arm: str) -> tuple[dict, bool]:
             overrides["gamma"] = int(tag[1:])
         elif tag.startswith("v") and tag[1:].isdigit():
             overrides["draft_vocab"] = int(tag[1:])
+        elif tag == "q8":
+            overrides["draft_quant"] = "int8"
         else:
-            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto, @plain, @v<K>, @eager or @inductor)")
+            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto, @plain, @v<K>, @q8, @eager or @inductor)")
     if arm.endswith("+window"):
         arm, overrides["draft_kv"] = arm.removesuffix("+window"), "window"
     if arm == "ar":
@@ -197,8 +200,23 @@ def main() -> int:
                                  note=f"median of {args.repeats} (tok/s {spread}); warm-up {warm_s:.1f}s"
                                       + _gamma_note(s)))
                 print(_format([rows[-1]]), file=sys.stderr)
+                if model.planner is not None and arm_config(arm)[1]:
+                    print(_planner_costs(model.planner, context), file=sys.stderr)
     report(rows, args, prefills)
     return 0
+
+
+def _planner_costs(planner, context) -> str:
+    """gamma="auto": what its model holds at this context (ms per step by kind and rows; acceptance per position):
+    the numbers behind its choices, for a reader asking why it chose what it chose."""
+    kinds = sorted({k for k, _, _ in planner.costs})
+    lines = [f"  planner at {context}: acceptance per draft position "
+             + " ".join(f"{a:.2f}" for a in planner.alphas())]
+    for kind in kinds:
+        steps = " ".join(f"{rows}:{1e3 * cost:.0f}" for rows in range(0, planner.gamma_max + 2)
+                         if (cost := planner.cost(kind, rows, context)) is not None and (rows or kind == "draft"))
+        lines.append(f"  {kind:<12} ms by rows  {steps}")
+    return "\n".join(lines)
 
 
 def _gamma_note(stats) -> str:

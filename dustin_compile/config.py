@@ -13,6 +13,7 @@ BACKENDS = ("auto", "inductor", "eager")
 SELECTORS = ("dustin", "history", "draft", "streaming", "snapkv", "quest", "oracle")
 DRAFT_KV = ("auto", "full", "window")
 LINEARS = ("auto", "plain")
+DRAFT_QUANTS = ("int8",)
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -64,6 +65,10 @@ class DustinConfig:
     draft_vocab: the draft scores only the ``draft_vocab`` most frequent token ids of the calibration texts
         (``profile.frequent_tokens``), not its whole vocabulary: its LM head reads that many rows per step. Lossless
         (the target verifies every token); costs acceptance where the target's token falls outside them.
+    draft_quant: ``"int8"`` — the draft's decode steps run its linear layers on int8 weights (one scale per output
+        row; draftquant.py): a quarter of the bytes a draft step streams. Lossless like ``draft_vocab`` (the target
+        verifies every token); costs acceptance where rounding changes the draft's top token. CPU drafts in float32
+        or bfloat16 only; the prefill keeps the float draft. ``None`` (default): the draft as given.
     linear: ``"auto"`` (default) — the linear layers of multi-row steps (verification, checks, two-token draft
         steps, prefill chunks) run MKL's packed GEMM wherever it measures at least 10 % faster than ``F.linear`` on
         this machine for that weight shape and row count (fp32 on x86 CPUs; measured once, kept in
@@ -97,6 +102,8 @@ class DustinConfig:
                                            "(default: all)")
     draft_vocab: int | None = _field(None, "the draft scores only this many most frequent tokens (the profile's "
                                      "frequent_tokens; lossless; default: its full vocabulary)")
+    draft_quant: str | None = _field(None, "the draft's decode steps on int8 weights (lossless; CPU; default: the "
+                                     "draft as given)", choices=DRAFT_QUANTS)
     linear: str = _field("auto", "multi-row linears: MKL's packed GEMM where measured faster (auto), or as traced "
                          "(plain)", choices=LINEARS)
 
@@ -137,6 +144,8 @@ class DustinConfig:
         _positive_int("draft_window", self.draft_window)
         if self.draft_vocab is not None:
             _positive_int("draft_vocab", self.draft_vocab, hint=" or None")
+        if self.draft_quant is not None and self.draft_quant not in DRAFT_QUANTS:
+            raise ValueError(f"DustinConfig.draft_quant must be one of {DRAFT_QUANTS} or None, got {self.draft_quant!r}")
         if not isinstance(self.min_recovery, (int, float)) or not 0.0 <= self.min_recovery <= 1.0:
             raise ValueError(f"DustinConfig.min_recovery must be in [0, 1], got {self.min_recovery!r}")
         _positive_int("refresh_every", self.refresh_every, minimum=0)

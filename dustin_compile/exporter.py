@@ -74,6 +74,9 @@ def export(model: DustinModel, example_input_ids: torch.Tensor, attention_mask: 
     if model.config.draft_vocab is not None:
         raise ValueError("export does not support draft_vocab yet (the runner would need the restricted head's ids); "
                          "export model.with_config(draft_vocab=None)")
+    if model.config.draft_quant is not None:
+        raise ValueError("export does not support draft_quant yet (its int8 kernel has no TensorRT or portable form "
+                         "measured); export model.with_config(draft_quant=None)")
     if model.config.adaptive:
         model = model.with_config(gamma=model.config.gamma_max)
     prompts = prompts_from(example_input_ids, attention_mask, model.vocab_size)

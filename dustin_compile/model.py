@@ -22,6 +22,7 @@ from .selectors import LOOKAHEAD_SELECTORS
 from .state import CacheStore, DecodeState
 from .steps import StepGraph
 from .errors import ModelPairError
+from .draftquant import check_draft, int8_draft
 from .selfdraft import is_self_draft, self_draft
 from .draftvocab import restricted_draft
 from .validate import check_dense_layers, check_model, check_pair, longrope_limit, prompts_from, vocab_size
@@ -73,7 +74,8 @@ class DustinModel:
 
     def __init__(self, target: torch.nn.Module, draft: torch.nn.Module, config: DustinConfig,
                  profile: DustinProfile | None = None, *, caches: CacheStore | None = None,
-                 record_queries: bool = False, linear: LinearChooser | None = None) -> None:
+                 record_queries: bool = False, linear: LinearChooser | None = None,
+                 draft_views: dict | None = None) -> None:
         self.target, self.draft, self.config = target.eval(), draft.eval(), config
         self.vocab_size = vocab_size(target)
         self.self_draft = is_self_draft(draft)
@@ -94,6 +96,16 @@ class DustinModel:
         if config.draft_vocab is not None:
             self.draft_ids = _draft_ids(self.profile, config.draft_vocab, vocab_size(draft), self.device)
             self._draft_view = restricted_draft(draft, self.draft_ids)
+        # draft_quant: the draft's decode steps run a view with int8 linears (draftquant.py); its prefill keeps the
+        # float draft, faster at prefill sizes. One view per draft_vocab, shared with with_config siblings.
+        self._draft_views = {} if draft_views is None else draft_views
+        self._draft_decode = self._draft_view or draft
+        if config.draft_quant is not None:
+            check_draft(draft, self.self_draft)
+            key = (config.draft_quant, config.draft_vocab)
+            if key not in self._draft_views:
+                self._draft_views[key] = int8_draft(self._draft_decode)
+            self._draft_decode = self._draft_views[key]
         self.dense_layers = frozenset(config.dense_layers or self.profile.dense_layers)
         check_dense_layers(target, self.dense_layers)
         free = config.budget - config.n_sink - config.window
@@ -127,7 +139,8 @@ class DustinModel:
         if config.dtype is not None and config.dtype != dtype:
             raise ValueError(f"with_config shares the models, which are {dtype}; it cannot cast them to "
                              f"{config.dtype}: call dustin.compile(target, draft, dtype={config.dtype}) instead")
-        return DustinModel(self.target, self.draft, config, self.profile, caches=self._caches, linear=self._linear)
+        return DustinModel(self.target, self.draft, config, self.profile, caches=self._caches, linear=self._linear,
+                           draft_views=self._draft_views)
 
     # ---- plans, graphs and state ------------------------------------------------------------------------------
     def plan(self, role: str) -> RewritePlan:
@@ -163,7 +176,10 @@ class DustinModel:
         key = (role, rows, caches.batch, caches.capacity)
         if key not in self._graphs:
             is_target = role in TARGET_ROLES
-            model = self.target if is_target else (self._draft_view or self.draft)
+            if is_target:
+                model = self.target
+            else:  # draft_quant: int8 decode steps; the prefill (hundreds of rows) stays float, where it is faster
+                model = (self._draft_view or self.draft) if role.startswith("prefill") else self._draft_decode
             plan = self.plan(role)
             names = plan.state_names()
             get_cache = (lambda: self._state.caches.target) if is_target else (lambda: self._state.caches.draft)

@@ -1,0 +1,124 @@
+"""draft_quant="int8" (draftquant.py): the draft's decode steps on int8 weights; the output stays the target's."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+import dustin
+from dustin.draftquant import Int8Linear, int8_draft
+from dustin.profile import default_profile
+from helpers import left_padded, random_prompts, tiny_model
+
+OPTS = dict(backend="eager", budget=16, n_sink=2, window=4, exact_every=3)
+
+
+def _int8_ops(gm) -> int:
+    return sum(n.op == "call_function" and "_weight_int8pack_mm" in str(n.target) for n in gm.graph.nodes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("in_f,out_f,lead,bias", [(8, 1, (1,), False), (24, 13, (3,), True),
+                                                  (136, 77, (2, 5), True), (64, 300, (1, 1), False)])
+def test_int8_linear_is_within_its_rounding_of_a_float64_product(dtype, in_f, out_f, lead, bias):
+    torch.manual_seed(in_f * out_f)
+    linear = torch.nn.Linear(in_f, out_f, bias=bias).to(dtype)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(out_f, 1).to(dtype) * 4)  # rows of different scales: one scale per row
+    x = torch.randn(*lead, in_f).to(dtype)
+    q = Int8Linear(linear)
+    assert q.qweight.dtype == torch.int8 and int(q.qweight.abs().max()) <= 127 and q.scale.shape == (out_f,)
+    got = q(x)
+    assert got.dtype == dtype and got.shape == (*lead, out_f)
+    w, xd = linear.weight.double(), x.double()
+    ref = xd @ w.T + (linear.bias.double() if bias else 0)
+    # Rounding the weight to q * scale moves each product by at most |x| * scale (half a step, plus the bf16 scale's
+    # own rounding); x is rounded to bf16 (2^-8 relative) and so is the kernel's output.
+    step = q.scale.double() * xd.abs().sum(-1, keepdim=True)
+    x_round = 2.0 ** -8 * (xd.abs() @ w.abs().T)
+    bound = step + x_round + 2.0 ** -7 * ref.abs() + (2.0 ** -7 if dtype == torch.bfloat16 else 1e-6)
+    assert bool(((got.double() - ref).abs() <= bound).all()), float(((got.double() - ref).abs() - bound).max())
+
+
+def test_the_view_converts_plain_linears_and_shares_the_rest():
+    draft = tiny_model("qwen2", tie_word_embeddings=True, seed=3)
+    before = {k: v.clone() for k, v in draft.state_dict().items()}
+    view = int8_draft(draft)
+    assert isinstance(view.lm_head, Int8Linear) and isinstance(view.model.layers[1].mlp.down_proj, Int8Linear)
+    assert view.model.embed_tokens is draft.model.embed_tokens  # the tied embedding is still the float table
+    assert view.model.norm is draft.model.norm and view.model.layers[0].input_layernorm is draft.model.layers[0].input_layernorm
+    assert type(draft.lm_head) is torch.nn.Linear  # the user's model is untouched
+    assert all(torch.equal(v, before[k]) for k, v in draft.state_dict().items())
+    assert view.model.layers[0].self_attn.q_proj.bias is draft.model.layers[0].self_attn.q_proj.bias  # shared
+
+    class Scaled(torch.nn.Linear):  # a subclass may compute something else: left alone
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    odd = torch.nn.Sequential(torch.nn.Linear(12, 8), Scaled(8, 8), torch.nn.Linear(8, 4))
+    converted = int8_draft(odd)
+    assert type(converted[0]) is torch.nn.Linear  # in_features 12: the CPU kernel needs a multiple of 8
+    assert type(converted[1]) is Scaled and isinstance(converted[2], Int8Linear)
+
+
+def _pair(**draft_overrides):
+    target = tiny_model("qwen2", num_hidden_layers=2, seed=51)
+    draft = copy.deepcopy(target) if not draft_overrides else tiny_model("qwen2", seed=52, **draft_overrides)
+    texts = random_prompts([300], seed=52)
+    profile = dataclasses.replace(default_profile(target, draft, warn=False),
+                                  frequent_tokens=dustin.frequent_tokens(texts, 128))
+    return target, draft, profile
+
+
+@pytest.mark.parametrize("mode", ["dense", "exact"])
+def test_an_int8_draft_is_lossless(mode):
+    target, draft, profile = _pair()
+    ids, mask = left_padded(random_prompts([29, 17], seed=53))
+    full = dustin.compile(target, draft, profile=profile, mode=mode, gamma=3, **OPTS)
+    expected = full.generate(ids, mask, max_new_tokens=30, use_draft=False).sequences
+    float_accepted = sum(full.generate(ids, mask, max_new_tokens=30).stats.accepted)
+    small = dustin.compile(target, draft, profile=profile, mode=mode, gamma=3, draft_quant="int8", **OPTS)  # own prefill
+    out = small.generate(ids, mask, max_new_tokens=30)
+    assert torch.equal(out.sequences, expected)
+    # The draft is the target itself: in float it is always right; int8 rounding may flip near-ties of this random
+    # model, but a broken product (wrong scale, transposed weight) would be accepted about 1 time in 128.
+    assert sum(out.stats.accepted) >= 0.5 * float_accepted > 0
+    g = torch.Generator().manual_seed(1)
+    sampled = small.generate(ids, mask, max_new_tokens=30, do_sample=True, top_k=1, generator=g).sequences
+    assert torch.equal(sampled, expected)
+    assert _int8_ops(small.rewritten_graph("draft_1")) == 15  # 2 layers x 7 linears + the LM head
+    assert _int8_ops(small.rewritten_graph("prefill_draft")) == 0  # the prefill keeps the float draft
+    assert type(small.draft.lm_head) is torch.nn.Linear
+
+
+def test_int8_with_draft_vocab_is_lossless():
+    target, draft, profile = _pair()
+    ids, mask = left_padded(random_prompts([23, 30], seed=54))
+    model = dustin.compile(target, draft, profile=profile, mode="dense", gamma=2, **OPTS)
+    expected = model.generate(ids, mask, max_new_tokens=24, use_draft=False).sequences
+    both = model.with_config(draft_vocab=24, draft_quant="int8")
+    assert torch.equal(both.generate(ids, mask, max_new_tokens=24).sequences, expected)
+    head = both.rewritten_graph("draft_1")
+    assert _int8_ops(head) == 15 and both._draft_decode.lm_head.out_features == 24
+    assert model.with_config(draft_quant="int8")._draft_decode.lm_head.out_features == 128
+
+
+def test_draft_quant_errors():
+    target, draft, profile = _pair()
+    with pytest.raises(ValueError, match="draft_quant"):
+        dustin.DustinConfig(draft_quant="int4")
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        dustin.compile(target.to(torch.float16), copy.deepcopy(draft).to(torch.float16), draft_quant="int8", **OPTS)
+    target.to(torch.float32)
+    with pytest.raises(ValueError, match="separate draft model"):
+        dustin.compile(target, draft_quant="int8", **OPTS)  # self-speculation
+    # Hidden 36 and MLP 44: no linear has in_features a multiple of 8, so nothing could be converted.
+    _, odd, _ = _pair(hidden_size=36, intermediate_size=44, num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(ValueError, match="no torch.nn.Linear"):
+        dustin.compile(target, odd, draft_quant="int8", **OPTS)
+    model = dustin.compile(target, draft, profile=profile, draft_quant="int8", **OPTS)
+    with pytest.raises(ValueError, match="draft_quant"):
+        dustin.export(model, torch.tensor([[3, 4, 5]]))
