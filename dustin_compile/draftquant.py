@@ -12,8 +12,8 @@ It is lossless: the draft only proposes and the target verifies every token (the
 ``sparse`` stays as lossy as it was). What it can cost is acceptance, where rounding flips the draft's top token.
 
 Scope, each measured or refused rather than assumed:
-- CPU only: the kernel was timed on x86 CPUs (3-4x faster than fp32 ``F.linear`` at 1-4 rows); GPUs are not
-  measured here, so a draft on another device is refused.
+- CPU only: the kernel was timed on x86 CPUs (2.3-5.8x faster than fp32 ``F.linear`` at 1-4 rows, one-off
+  measurements); GPUs are not measured here, so a draft on another device is refused.
 - Decode steps only: at prefill sizes (512-2048 rows) the int8 product measured 2x slower than fp32, so the prefill
   keeps the float draft (both write the same KV cache; only proposals depend on it).
 - Linears whose ``in_features`` is not a multiple of 8 stay float: torch 2.13's CPU kernel crashes on them.

@@ -49,6 +49,22 @@ def deeper_twin(draft, extra_layers: int, seed: int = 0):
     return target
 
 
+def twin_pair(family: str, seed: int):
+    """(target, draft, profile): a tiny 2-layer target, its exact copy as the draft (always right in float, so a
+    changed draft shows as rejections) and the default profile with ``frequent_tokens`` counted over a random text
+    (what ``draft_vocab`` reads)."""
+    import dataclasses
+
+    import dustin
+    from dustin.profile import default_profile
+
+    target = tiny_model(family, num_hidden_layers=2, seed=seed)
+    draft = copy.deepcopy(target)
+    profile = dataclasses.replace(default_profile(target, draft, warn=False),
+                                  frequent_tokens=dustin.frequent_tokens(random_prompts([300], seed=seed + 1), 128))
+    return target, draft, profile
+
+
 def left_padded(prompts: list[list[int]], pad: int = 0):
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)

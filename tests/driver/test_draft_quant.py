@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
 
 import dustin
 from dustin.draftquant import Int8Linear, int8_draft
-from dustin.profile import default_profile
-from helpers import left_padded, random_prompts, tiny_model
+from helpers import left_padded, random_prompts, tiny_model, twin_pair
 
 OPTS = dict(backend="eager", budget=16, n_sink=2, window=4, exact_every=3)
 
@@ -49,7 +47,8 @@ def test_the_view_converts_plain_linears_and_shares_the_rest():
     view = int8_draft(draft)
     assert isinstance(view.lm_head, Int8Linear) and isinstance(view.model.layers[1].mlp.down_proj, Int8Linear)
     assert view.model.embed_tokens is draft.model.embed_tokens  # the tied embedding is still the float table
-    assert view.model.norm is draft.model.norm and view.model.layers[0].input_layernorm is draft.model.layers[0].input_layernorm
+    assert view.model.norm is draft.model.norm
+    assert view.model.layers[0].input_layernorm is draft.model.layers[0].input_layernorm
     assert type(draft.lm_head) is torch.nn.Linear  # the user's model is untouched
     assert all(torch.equal(v, before[k]) for k, v in draft.state_dict().items())
     assert view.model.layers[0].self_attn.q_proj.bias is draft.model.layers[0].self_attn.q_proj.bias  # shared
@@ -64,23 +63,15 @@ def test_the_view_converts_plain_linears_and_shares_the_rest():
     assert type(converted[1]) is Scaled and isinstance(converted[2], Int8Linear)
 
 
-def _pair(**draft_overrides):
-    target = tiny_model("qwen2", num_hidden_layers=2, seed=51)
-    draft = copy.deepcopy(target) if not draft_overrides else tiny_model("qwen2", seed=52, **draft_overrides)
-    texts = random_prompts([300], seed=52)
-    profile = dataclasses.replace(default_profile(target, draft, warn=False),
-                                  frequent_tokens=dustin.frequent_tokens(texts, 128))
-    return target, draft, profile
-
-
 @pytest.mark.parametrize("mode", ["dense", "exact"])
 def test_an_int8_draft_is_lossless(mode):
-    target, draft, profile = _pair()
+    target, draft, profile = twin_pair("qwen2", seed=51)
     ids, mask = left_padded(random_prompts([29, 17], seed=53))
     full = dustin.compile(target, draft, profile=profile, mode=mode, gamma=3, **OPTS)
     expected = full.generate(ids, mask, max_new_tokens=30, use_draft=False).sequences
     float_accepted = sum(full.generate(ids, mask, max_new_tokens=30).stats.accepted)
-    small = dustin.compile(target, draft, profile=profile, mode=mode, gamma=3, draft_quant="int8", **OPTS)  # own prefill
+    # A model of its own (its own prefill), not a with_config sibling of `full`.
+    small = dustin.compile(target, draft, profile=profile, mode=mode, gamma=3, draft_quant="int8", **OPTS)
     out = small.generate(ids, mask, max_new_tokens=30)
     assert torch.equal(out.sequences, expected)
     # The draft is the target itself: in float it is always right; int8 rounding may flip near-ties of this random
@@ -95,7 +86,7 @@ def test_an_int8_draft_is_lossless(mode):
 
 
 def test_int8_with_draft_vocab_is_lossless():
-    target, draft, profile = _pair()
+    target, draft, profile = twin_pair("qwen2", seed=51)
     ids, mask = left_padded(random_prompts([23, 30], seed=54))
     model = dustin.compile(target, draft, profile=profile, mode="dense", gamma=2, **OPTS)
     expected = model.generate(ids, mask, max_new_tokens=24, use_draft=False).sequences
@@ -107,7 +98,7 @@ def test_int8_with_draft_vocab_is_lossless():
 
 
 def test_draft_quant_errors():
-    target, draft, profile = _pair()
+    target, draft, profile = twin_pair("qwen2", seed=51)
     with pytest.raises(ValueError, match="draft_quant"):
         dustin.DustinConfig(draft_quant="int4")
     with pytest.raises(ValueError, match="float32 or bfloat16"):
@@ -116,7 +107,8 @@ def test_draft_quant_errors():
     with pytest.raises(ValueError, match="separate draft model"):
         dustin.compile(target, draft_quant="int8", **OPTS)  # self-speculation
     # Hidden 36 and MLP 44: no linear has in_features a multiple of 8, so nothing could be converted.
-    _, odd, _ = _pair(hidden_size=36, intermediate_size=44, num_attention_heads=4, num_key_value_heads=2)
+    odd = tiny_model("qwen2", seed=52, hidden_size=36, intermediate_size=44, num_attention_heads=4,
+                     num_key_value_heads=2)
     with pytest.raises(ValueError, match="no torch.nn.Linear"):
         dustin.compile(target, odd, draft_quant="int8", **OPTS)
     model = dustin.compile(target, draft, profile=profile, draft_quant="int8", **OPTS)

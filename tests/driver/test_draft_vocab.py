@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 
 import pytest
 import torch
 
 import dustin
 from dustin.draftvocab import expand_logits, restricted_draft
-from dustin.profile import default_profile
-from helpers import left_padded, random_prompts, tiny_model
+from helpers import left_padded, random_prompts, tiny_model, twin_pair
 
 OPTS = dict(backend="eager", budget=16, n_sink=2, window=4, exact_every=3)
 
@@ -42,18 +39,9 @@ def test_restricted_head_and_expanded_logits():
     torch.testing.assert_close(full.softmax(-1)[:, ids], logits.softmax(-1), rtol=1e-12, atol=1e-15)
 
 
-def _pair():
-    target = tiny_model("llama", num_hidden_layers=2, seed=41)
-    draft = copy.deepcopy(target)  # always right on the full vocabulary: a restricted head shows as rejections
-    texts = random_prompts([300], seed=42)
-    profile = dataclasses.replace(default_profile(target, draft, warn=False),
-                                  frequent_tokens=dustin.frequent_tokens(texts, 128))
-    return target, draft, profile
-
-
 @pytest.mark.parametrize("mode", ["dense", "exact"])
 def test_restricted_draft_is_lossless(mode):
-    target, draft, profile = _pair()
+    target, draft, profile = twin_pair("llama", seed=41)
     ids, mask = left_padded(random_prompts([31, 19], seed=43))
     full = dustin.compile(target, draft, profile=profile, mode=mode, gamma=3, **OPTS)
     expected = full.generate(ids, mask, max_new_tokens=30, use_draft=False).sequences
@@ -68,7 +56,7 @@ def test_restricted_draft_is_lossless(mode):
 
 
 def test_the_whole_vocabulary_in_frequency_order_changes_nothing():
-    target, draft, profile = _pair()
+    target, draft, profile = twin_pair("llama", seed=41)
     ids, mask = left_padded(random_prompts([25], seed=44))
     full = dustin.compile(target, draft, profile=profile, mode="dense", gamma=2, **OPTS)
     a = full.generate(ids, mask, max_new_tokens=20)
@@ -77,7 +65,7 @@ def test_the_whole_vocabulary_in_frequency_order_changes_nothing():
 
 
 def test_draft_vocab_errors():
-    target, draft, profile = _pair()
+    target, draft, profile = twin_pair("llama", seed=41)
     with pytest.raises(ValueError, match="frequent_tokens"):
         dustin.compile(target, draft, draft_vocab=16, **OPTS)  # the default profile counts no text
     with pytest.raises(ValueError, match="exceeds the draft's vocabulary"):
