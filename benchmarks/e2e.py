@@ -14,7 +14,9 @@ draft a sink + recent KV window (``draft_kv="window"``). Every dustin arm shares
 (``DustinModel.with_config``), compiles outside the timed calls (a ``gamma="auto"`` arm also decodes once untimed:
 its planner measures every gamma once per context bucket, which a long-lived server pays once), and reports the median decode tokens/s of ``--repeats`` runs
 (prefill excluded; the min-max is in the note), tau, passes,
-the time split, and agreement with the ``dense`` arm's greedy tokens. Prints a table, writes CSV and a PNG plot.
+the time split, and agreement with the ``dense`` arm's greedy tokens. Prints a table, writes CSV and a PNG plot, and
+for ``gamma="auto"`` arms a JSON of every iteration's choice (context, gamma, why, the predicted tokens/s of each gamma;
+the untimed learning run first, then the repeats) beside them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
+import json
 import os
 import platform
 import sys
@@ -33,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
 from dustin import assets  # noqa: E402
 from dustin.flags import add_config_arguments, config_overrides  # noqa: E402
+from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -40,8 +44,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", help=f"target checkpoint directory [dustin.assets' {assets.DEFAULT_PAIR}]")
-    p.add_argument("--draft", help="draft checkpoint directory [the default pair's, with --target unset]")
+    add_pair_arguments(p)
     p.add_argument("--context", type=int, nargs="+", default=[4096])
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--new-tokens", type=int, default=64)
@@ -54,8 +57,7 @@ def parse() -> argparse.Namespace:
     add_config_arguments(p, ("gamma", "budget", "n_sink", "window", "exact_every", "min_recovery", "draft_kv",
                              "backend", "draft_window", "m", "dense_layers"))
     args = p.parse_args()
-    if (args.target is None) != (args.draft is None):
-        p.error("give both --target and --draft, or neither (dustin.assets' default pair)")
+    check_pair_arguments(p, args, resolve=False)  # resolve_pair fills in the default pair and its profile
     args.config = dustin.DustinConfig(**config_overrides(args))  # DustinConfig's defaults for what is not given
     return args
 
@@ -119,15 +121,17 @@ def run_dustin(arm, args, first, ids):
     model = first.with_config(**overrides)
     start = time.perf_counter()
     model.warmup(ids, max_new_tokens=args.new_tokens, use_draft=use_draft)  # prefill (first arm) + compiles
+    learning = []
     if model.config.adaptive and use_draft:  # gamma="auto" learns its costs once, as a long-lived server would
-        model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft)
+        learning.append(model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft))
     warm_s = time.perf_counter() - start
     # Repeats run back to back on the prefilled cache (no prefill inside them); the median run is reported.
     runs = [model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft)
             for _ in range(args.repeats)]
+    decisions = [out.stats.decisions for out in learning + runs]  # gamma="auto": in run order, learning first
     runs.sort(key=lambda out: out.stats.decode_tokens_per_second)
     spread = f"{runs[0].stats.decode_tokens_per_second:.2f}-{runs[-1].stats.decode_tokens_per_second:.2f}"
-    return model, runs[len(runs) // 2], warm_s, spread
+    return model, runs[len(runs) // 2], warm_s, spread, decisions
 
 
 def run_hf(arm, args, target, draft, ids):
@@ -162,7 +166,7 @@ def main() -> int:
     resolve_pair(args)
     target, draft, tokenizer = load(args)
     profile = dustin.DustinProfile.load(args.profile) if args.profile else None
-    rows, prefills = [], {}
+    rows, prefills, decisions = [], {}, {}
     for context in args.context:
         for batch in args.batch:
             ids = torch.tensor(long_prompts(tokenizer, context, batch))
@@ -188,7 +192,7 @@ def main() -> int:
                                      draft_s="", select_s="", verify_s="", other_s="", agree=_agree(seqs, reference, context),
                                      recovery="", note=f"stock SDPA; {total:.1f}s incl. {prefill:.1f}s prefill"))
                     continue
-                model, out, warm_s, spread = run_dustin(arm, args, first, ids)
+                model, out, warm_s, spread, trace = run_dustin(arm, args, first, ids)
                 if reference is None and arm.split("@")[0] in ("dense", "ar"):
                     reference = out.sequences  # the target's own greedy tokens
                 s = out.stats
@@ -202,7 +206,8 @@ def main() -> int:
                 print(_format([rows[-1]]), file=sys.stderr)
                 if model.planner is not None and arm_config(arm)[1]:
                     print(_planner_costs(model.planner, context), file=sys.stderr)
-    report(rows, args, prefills)
+                    decisions[f"{context}x{batch} {arm}"] = trace
+    report(rows, args, prefills, decisions)
     return 0
 
 
@@ -251,7 +256,7 @@ def _format(rows) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(t, widths)) for t in table)
 
 
-def report(rows, args, prefills) -> None:
+def report(rows, args, prefills, decisions) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     cfg = args.config
@@ -265,6 +270,12 @@ def report(rows, args, prefills) -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"csv: {path}")
+    if decisions:  # gamma="auto": every iteration's choice, why, and the tokens/s the planner predicted per gamma
+        path = os.path.join(args.out, f"e2e-{stamp}-decisions.json")
+        with open(path, "w") as f:
+            json.dump({arm: [[dict(context=c, gamma=g, why=w, rates=r) for c, g, w, r in run] for run in runs]
+                       for arm, runs in decisions.items()}, f)
+        print(f"gamma=auto decisions: {path}")
     try:
         import matplotlib
 

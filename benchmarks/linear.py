@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
-from dustin import assets  # noqa: E402
 from dustin.kernels import pack_weight  # noqa: E402
 from dustin.passes.linear import median_ms  # noqa: E402
+from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -34,8 +34,7 @@ LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", help=f"target checkpoint directory [dustin.assets' {assets.DEFAULT_PAIR}]")
-    p.add_argument("--draft", help="draft checkpoint directory [the default pair's, with --target unset]")
+    add_pair_arguments(p)
     p.add_argument("--rows", type=int, nargs="+", default=[2, 5])
     p.add_argument("--context", type=int, default=4096, help="cached tokens for the per-step measurement (0: skip)")
     p.add_argument("--repeats", type=int, default=7)
@@ -44,10 +43,7 @@ def parse() -> argparse.Namespace:
                    help="model dtype (bfloat16: plain F.linear only, no packed arm)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args()
-    if (args.target is None) != (args.draft is None):
-        p.error("give both --target and --draft, or neither (dustin.assets' default pair)")
-    if args.target is None:
-        args.target, args.draft = map(str, assets.pair_dirs())
+    check_pair_arguments(p, args)
     return args
 
 

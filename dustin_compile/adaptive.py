@@ -25,9 +25,12 @@ the last ``ACCEPT_MEMORY`` drafted tokens, starting from a weak prior. Each gamm
 the model is trusted, and every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0
 still learns whether the draft became worth running; as that probe pays the catch-up, its period doubles after each
 probe that leaves gamma = 0 the best, back to ``PROBE_EVERY`` once speculation wins again, and it is skipped where
-the catch-up would cost more than ``PROBE_BUDGET`` of the time plain decoding still needs); a cost not measured at
-this bucket is interpolated (or borrowed from the nearest bucket). The planner lives on the model, so what one
-``generate`` call learnt serves the next.
+the catch-up would cost more than ``PROBE_BUDGET`` of the time plain decoding still needs). A close call is refreshed
+more often: where the runner-up's predicted rate is within a share ``gap`` of the best's, the runner-up is taken every
+``max(2, gap / REFRESH_LOSS)`` choices, which costs at most ``REFRESH_LOSS`` of the rate and keeps both costs current
+(otherwise the loser keeps a cost measured once, in a slower moment of a machine whose speed drifts). A cost not
+measured at this bucket is interpolated (or borrowed from the nearest bucket). The planner lives on the model, so what
+one ``generate`` call learnt serves the next.
 
 Exact mode also chooses how to verify (``choose_verification``, whenever every token is final): densely (the
 tokens are final at once: classic speculative decoding) or sparsely, with a dense check once some row holds N
@@ -73,6 +76,13 @@ MAX_BACKOFF = 4
 # real pair at 1k, one probe after ~30 plain tokens cost ~15 % of a 32-token decode); "never slower than plain
 # decoding" needs this bound.
 PROBE_BUDGET = 0.05
+# A close call is refreshed more often than PROBE_EVERY: where the runner-up's predicted rate is within a share `gap`
+# of the best's, it is taken once every max(2, gap / REFRESH_LOSS) choices (at most REFRESH_LOSS of the rate lost per
+# iteration; a period past PROBE_EVERY is left to the probes), so that both costs stay current. Otherwise the loser
+# of a close call keeps the cost measured once, in another moment of a machine whose speed drifts by 10-20 %: on the
+# real pair at 4k (AMX host) gamma = 2 won 30 of 32 iterations on gamma = 1 costs 12 % above those a fixed gamma = 1
+# arm measured in the same run, and ran 0.88x that arm.
+REFRESH_LOSS = 0.01
 PRIOR_CHECKED, PRIOR_ROLLED = 10.0, 1.0  # exact mode: a provisional token starts 10 % likely to be rolled back
 # Exact mode probes the other way of verifying more rarely: a sparse probe is a whole run of provisional tokens and a
 # check (~exact_every tokens of work plus one wide dense pass), not one iteration. Probing every 16 choices cost
@@ -94,11 +104,15 @@ class GammaPlanner:
     accepted: list[float] = field(default_factory=list)
     choices: int = 0  # informed choices so far (probes are counted among them)
     since_probe: int = 0  # informed choices since the last probe
+    since_refresh: int = 0  # informed choices since the runner-up of a close call was last taken
     probes: int = 0  # probes so far (they alternate sides)
     backoff: int = 0  # probes in a row that left gamma = 0 the best: the probe period is PROBE_EVERY * 2**backoff
     checked: float = PRIOR_CHECKED  # exact mode: provisional tokens a check examined (moving sum) ...
     rolled: float = PRIOR_ROLLED  # ... and how many of them it rolled back
     segments: int = 0  # exact mode: informed verification choices so far
+    # Why the last choice was made: {"why": "explore" | "best" | "bound" | "catch-up" | "probe" | "refresh", "rates":
+    # gamma -> predicted tokens/s per row}; GenerateStats.decisions keeps one per iteration.
+    last: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tried = [PRIOR_TRIED] * self.gamma_max
@@ -208,21 +222,34 @@ class GammaPlanner:
         is measured once per context bucket before the model is trusted."""
         gamma = self.unexplored(kind, context)
         if gamma is not None:
+            self.last = {"why": "explore", "rates": {}}
             return gamma, None
         rates = self.predict(context, kind)
         best = max(rates, key=lambda g: rates[g])
+        why = "best"
         if not best and self.gamma_max:  # stop speculating only once the outcomes show that it does not pay
             # The gamma to keep is the best by the estimate; the bound only asks whether stopping is premature.
             # (Ranking by the bounds favoured the deepest gamma, whose rarely drafted positions have the widest.)
             speculative = max(range(1, self.gamma_max + 1), key=lambda g: rates[g])
             if self.predict(context, kind, optimistic=True)[speculative] > rates[0]:
-                best = speculative
+                best, why = speculative, "bound"
         if best and lag and not self.resume_pays(rates[0], rates[best], lag, remaining, context):
-            best = 0
+            best, why = 0, "catch-up"
         self.choices += 1
         self.since_probe += 1
+        self.since_refresh += 1
         if best:
             self.backoff = 0
+        if why == "best" and self.gamma_max:  # a close call: refresh the runner-up's cost (REFRESH_LOSS)
+            runner = max((g for g in rates if g != best), key=lambda g: rates[g])
+            gap = 1.0 - rates[runner] / rates[best]
+            period = max(2.0, gap / REFRESH_LOSS)  # past PROBE_EVERY the probes alone keep the costs current
+            # Out of a gamma = 0 streak the runner-up pays the draft's catch-up first: within a probe's budget only.
+            if self.since_refresh >= period and period <= PROBE_EVERY and (
+                    not runner or self.probe_affordable(best, rates[0], lag, remaining, context)):
+                self.since_refresh = 0
+                self.last = {"why": "refresh", "rates": rates}
+                return runner, rates[runner]
         if self.since_probe >= PROBE_EVERY << self.backoff and self.probe_affordable(best, rates[0], lag, remaining,
                                                                                     context):
             # A probe: a neighbour of the best, alternating sides.
@@ -232,7 +259,8 @@ class GammaPlanner:
             side = 1 if self.probes % 2 else -1
             if not 0 <= best + side <= self.gamma_max:
                 side = -side  # at an end of the range: its one neighbour
-            best += side
+            best, why = best + side, "probe"
+        self.last = {"why": why, "rates": rates}
         return best, rates[best]
 
     def probe_affordable(self, best: int, plain: float, lag: int, remaining: int | None, context: int) -> bool:

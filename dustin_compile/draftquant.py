@@ -12,11 +12,14 @@ It is lossless: the draft only proposes and the target verifies every token (the
 ``sparse`` stays as lossy as it was). What it can cost is acceptance, where rounding flips the draft's top token.
 
 Scope, each measured or refused rather than assumed:
-- CPU only: the kernel was timed on x86 CPUs (2.3-5.8x faster than fp32 ``F.linear`` at 1-4 rows, one-off
-  measurements); GPUs are not measured here, so a draft on another device is refused.
+- CPU only: the kernel was timed on x86 CPUs (the real draft's linears at 1-8 rows: 1.7-2.3x faster than fp32
+  ``F.linear`` in all on an AMX host, ``benchmarks/draft_int8.py``; 2.3-5.8x on an AVX2 host, one-off); GPUs are
+  not measured here, so a draft on another device is refused.
 - Decode steps only: at prefill sizes (512-2048 rows) the int8 product measured 2x slower than fp32, so the prefill
   keeps the float draft (both write the same KV cache; only proposals depend on it).
-- Linears whose ``in_features`` is not a multiple of 8 stay float: torch 2.13's CPU kernel crashes on them.
+- Linears whose ``in_features`` is not a multiple of 16 stay float: torch 2.13's CPU kernel crashes on an AVX2 host
+  where it is not a multiple of 8, and on an AVX-512 host (AMX) where it is not a multiple of 16 (in_features 8:
+  wrong numbers for one row, a crash for two).
 - Only plain ``torch.nn.Linear`` modules (not subclasses, which may compute something else) are converted.
 
 ``int8_draft`` returns a view of the draft: the converted modules are new, every other module and parameter is
@@ -31,7 +34,7 @@ import copy
 import torch
 
 DTYPES = (torch.float32, torch.bfloat16)
-K_MULTIPLE = 8  # in_features the CPU kernel handles (others segfault in torch 2.13)
+K_MULTIPLE = 16  # in_features the CPU kernel handles on every host measured (see the module docstring)
 
 
 class Int8Linear(torch.nn.Module):
@@ -59,7 +62,7 @@ class Int8Linear(torch.nn.Module):
 
 
 def convertible(module: torch.nn.Module) -> bool:
-    """A plain ``nn.Linear`` (its own forward) on the CPU, float32 / bfloat16, ``in_features`` a multiple of 8."""
+    """A plain ``nn.Linear`` (its own forward) on the CPU, float32 / bfloat16, ``in_features`` a multiple of 16."""
     return (isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
             and module.weight.device.type == "cpu" and module.weight.dtype in DTYPES
             and module.in_features % K_MULTIPLE == 0)
@@ -79,7 +82,7 @@ def check_draft(draft: torch.nn.Module, self_draft: bool) -> None:
         raise ValueError(f"draft_quant='int8' needs a float32 or bfloat16 draft, got {param.dtype}: cast it "
                          "(dtype=torch.float32) or drop draft_quant")
     if not any(convertible(m) for m in draft.modules()):
-        raise ValueError("draft_quant='int8' found no torch.nn.Linear with in_features a multiple of 8 in the draft "
+        raise ValueError("draft_quant='int8' found no torch.nn.Linear with in_features a multiple of 16 in the draft "
                          "to convert: drop draft_quant (None)")
 
 

@@ -264,6 +264,7 @@ class Generation:
         self.gamma, self.verify_rows = gamma, gamma + 1
         self.lookahead = self.lookahead_taps and gamma > 0
         self.stats.gammas[gamma] = self.stats.gammas.get(gamma, 0) + 1
+        self.stats.decisions.append((context, gamma, self.planner.last["why"], self.planner.last["rates"]))
         if self.exact is not None:  # the segment's rate counts its checks and rollbacks; gamma's alone does not
             rate = self.segment_rate if rate is not None else None
         if rate is not None:

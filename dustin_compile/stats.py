@@ -32,6 +32,9 @@ class GenerateStats:
     recovery: list[float] = field(default_factory=list)  # estimated recovery of each selection (history mass kept)
     gammas: dict[int, int] = field(default_factory=dict)  # gamma="auto": iterations per chosen gamma
     predicted: list[float] = field(default_factory=list)  # gamma="auto": the planner's tokens/s for each choice
+    # gamma="auto": per iteration (context, gamma, why, the planner's tokens/s per row for each gamma); why is
+    # adaptive.GammaPlanner.last's: explore, best, bound (the acceptance bound kept speculating), catch-up, probe.
+    decisions: list[tuple[int, int, str, dict]] = field(default_factory=list)
     intervals: dict[int, int] = field(default_factory=dict)  # exact, gamma="auto": sparse segments per check interval
     time_prefill: float = 0.0
     time_draft: float = 0.0

@@ -19,8 +19,8 @@ def _int8_ops(gm) -> int:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("in_f,out_f,lead,bias", [(8, 1, (1,), False), (24, 13, (3,), True),
-                                                  (136, 77, (2, 5), True), (64, 300, (1, 1), False)])
+@pytest.mark.parametrize("in_f,out_f,lead,bias", [(16, 1, (1,), False), (48, 13, (3,), True),
+                                                  (144, 77, (2, 5), True), (64, 300, (1, 1), False)])
 def test_int8_linear_is_within_its_rounding_of_a_float64_product(dtype, in_f, out_f, lead, bias):
     torch.manual_seed(in_f * out_f)
     linear = torch.nn.Linear(in_f, out_f, bias=bias).to(dtype)
@@ -57,9 +57,9 @@ def test_the_view_converts_plain_linears_and_shares_the_rest():
         def forward(self, x):
             return 2 * super().forward(x)
 
-    odd = torch.nn.Sequential(torch.nn.Linear(12, 8), Scaled(8, 8), torch.nn.Linear(8, 4))
+    odd = torch.nn.Sequential(torch.nn.Linear(24, 16), Scaled(16, 16), torch.nn.Linear(16, 4))
     converted = int8_draft(odd)
-    assert type(converted[0]) is torch.nn.Linear  # in_features 12: the CPU kernel needs a multiple of 8
+    assert type(converted[0]) is torch.nn.Linear  # in_features 24: the CPU kernel needs a multiple of 16
     assert type(converted[1]) is Scaled and isinstance(converted[2], Int8Linear)
 
 
@@ -106,7 +106,7 @@ def test_draft_quant_errors():
     target.to(torch.float32)
     with pytest.raises(ValueError, match="separate draft model"):
         dustin.compile(target, draft_quant="int8", **OPTS)  # self-speculation
-    # Hidden 36 and MLP 44: no linear has in_features a multiple of 8, so nothing could be converted.
+    # Hidden 36 and MLP 44: no linear has in_features a multiple of 16, so nothing could be converted.
     odd = tiny_model("qwen2", seed=52, hidden_size=36, intermediate_size=44, num_attention_heads=4,
                      num_key_value_heads=2)
     with pytest.raises(ValueError, match="no torch.nn.Linear"):
