@@ -65,6 +65,17 @@ def twin_pair(family: str, seed: int):
     return target, draft, profile
 
 
+def assert_decodes_like(model, ids, mask, expected, max_new_tokens: int):
+    """``model`` (a draft variant) decodes ``expected`` (the target's own greedy tokens) both greedily and by
+    speculative sampling with top_k=1, which must collapse to greedy; returns the greedy output (its stats)."""
+    out = model.generate(ids, mask, max_new_tokens=max_new_tokens)
+    assert torch.equal(out.sequences, expected)
+    g = torch.Generator().manual_seed(1)
+    sampled = model.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=True, top_k=1, generator=g)
+    assert torch.equal(sampled.sequences, expected)
+    return out
+
+
 def left_padded(prompts: list[list[int]], pad: int = 0):
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
