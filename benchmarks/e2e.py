@@ -14,7 +14,8 @@ draft a sink + recent KV window (``draft_kv="window"``). Every dustin arm shares
 (``DustinModel.with_config``), compiles outside the timed calls (a ``gamma="auto"`` arm also decodes once untimed:
 its planner measures every gamma once per context bucket, which a long-lived server pays once), and reports the median decode tokens/s of ``--repeats`` runs
 (prefill excluded; the min-max is in the note), tau, passes,
-the time split, and agreement with the ``dense`` arm's greedy tokens. Prints a table, writes CSV and a PNG plot, and
+the time split, agreement with the ``dense`` arm's greedy tokens, and ``vs_ar``: the ratio to the mean of the
+nearest ``ar`` arms before and after it (``--interleave-ar`` puts one between every two arms; the machine drifts). Prints a table, writes CSV and a PNG plot, and
 for ``gamma="auto"`` arms a JSON of every iteration's choice (context, gamma, why, the predicted tokens/s of each gamma;
 the untimed learning run first, then the repeats) beside them.
 """
@@ -50,6 +51,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per arm after warm-up; the median is reported")
     p.add_argument("--arms", default="ar,sparse-ar,dense,sparse,exact,guarded")
+    p.add_argument("--interleave-ar", action="store_true",
+                   help="run an ar arm between every two dustin arms (and first and last), so that each arm's vs_ar "
+                        "compares it with ar measured just before and after it: this machine drifts within a run")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     p.add_argument("--profile", help="calibration profile JSON, or 'none' for dustin's default score heads [the "
                                      "default pair's shipped profile; with --target/--draft: none]")
@@ -57,9 +61,34 @@ def parse() -> argparse.Namespace:
     add_config_arguments(p, ("gamma", "budget", "n_sink", "window", "exact_every", "min_recovery", "draft_kv",
                              "backend", "draft_window", "m", "dense_layers"))
     args = p.parse_args()
+    if args.interleave_ar:
+        args.arms = interleave_ar(args.arms.split(","))
     check_pair_arguments(p, args, resolve=False)  # resolve_pair fills in the default pair and its profile
     args.config = dustin.DustinConfig(**config_overrides(args))  # DustinConfig's defaults for what is not given
     return args
+
+
+def interleave_ar(arms: list[str]) -> str:
+    """``arms`` with a plain ``ar`` before, between and after the others (an ``ar`` already in the list counts)."""
+    out = []
+    for arm in arms:
+        if arm != "ar" and (not out or out[-1] != "ar"):
+            out.append("ar")
+        out.append(arm)
+    if out and out[-1] != "ar":
+        out.append("ar")
+    return ",".join(out)
+
+
+def vs_ar(rows: list[dict]) -> None:
+    """Each row's ``vs_ar``: its tokens/s over the mean of the nearest plain ``ar`` rows before and after it in the
+    same (context, batch) (one side where only one exists): a ratio to ar measured around it, not hours apart."""
+    for i, row in enumerate(rows):
+        same = [j for j, r in enumerate(rows) if (r["context"], r["batch"]) == (row["context"], row["batch"])
+                and r["arm"] == "ar" and j != i]
+        around = [max((j for j in same if j < i), default=None), min((j for j in same if j > i), default=None)]
+        rates = [rows[j]["decode_tps"] for j in around if j is not None]
+        row["vs_ar"] = row["decode_tps"] / (sum(rates) / len(rates)) if rates else ""
 
 
 def resolve_pair(args) -> None:
@@ -84,9 +113,12 @@ def arm_config(arm: str) -> tuple[dict, bool]:
     """(DustinConfig overrides, use_draft) for a dustin arm; a ``+window`` suffix gives the draft a KV window;
     ``@g<N>`` fixes gamma (``@auto``: chosen per iteration), ``@plain`` keeps every linear as traced (no packed
     multi-row GEMMs), ``@v<K>`` lets the draft score only the profile's K most frequent tokens (``draft_vocab``),
-    ``@q8`` runs the draft's decode steps on int8 weights (``draft_quant="int8"``),
-    ``@eager`` / ``@inductor`` override ``--backend`` for this arm (to compare both in one run):
-    ``dense@g4``, ``ar@plain``, ``sparse+window@auto``, ``dense@g1@v16384``, ``dense@q8``, ``ar@inductor``."""
+    ``@q8`` runs every convertible linear of the draft's decode steps on int8 weights (``draft_quant="int8"``; the
+    default ``"auto"`` converts only its linears of >= 1 MiB), ``@f32`` keeps the draft as given (``draft_quant=None``),
+    ``@b<N>`` sets this arm's sparse ``budget`` (positions per layer), ``@eager`` / ``@inductor`` override
+    ``--backend`` for this arm (to compare both in one run):
+    ``dense@g4``, ``ar@plain``, ``sparse+window@auto``, ``dense@g1@v16384``, ``dense@q8``, ``dense@f32``,
+    ``sparse@b2048``, ``ar@inductor``."""
     arm, *tags = arm.split("@")
     overrides = {}
     for tag in tags:
@@ -100,10 +132,15 @@ def arm_config(arm: str) -> tuple[dict, bool]:
             overrides["gamma"] = int(tag[1:])
         elif tag.startswith("v") and tag[1:].isdigit():
             overrides["draft_vocab"] = int(tag[1:])
+        elif tag.startswith("b") and tag[1:].isdigit():
+            overrides["budget"] = int(tag[1:])
         elif tag == "q8":
             overrides["draft_quant"] = "int8"
+        elif tag == "f32":
+            overrides["draft_quant"] = None
         else:
-            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto, @plain, @v<K>, @q8, @eager or @inductor)")
+            raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto, @plain, @v<K>, @b<N>, @q8, @f32, "
+                             "@eager or @inductor)")
     if arm.endswith("+window"):
         arm, overrides["draft_kv"] = arm.removesuffix("+window"), "window"
     if arm == "ar":
@@ -202,11 +239,13 @@ def main() -> int:
                                  agree=_agree(out.sequences, reference, context),
                                  recovery=sum(s.recovery) / len(s.recovery) if s.recovery else "",
                                  note=f"median of {args.repeats} (tok/s {spread}); warm-up {warm_s:.1f}s"
+                                      + (f"; draft {model.draft_quant or 'as given'}" if arm_config(arm)[1] else "")
                                       + _gamma_note(s)))
                 print(_format([rows[-1]]), file=sys.stderr)
                 if model.planner is not None and arm_config(arm)[1]:
                     print(_planner_costs(model.planner, context), file=sys.stderr)
                     decisions[f"{context}x{batch} {arm}"] = trace
+    vs_ar(rows)
     report(rows, args, prefills, decisions)
     return 0
 
@@ -247,8 +286,10 @@ def _agree(seqs, reference, prompt_len: int) -> str:
 
 
 def _format(rows) -> str:
-    cols = ("context", "batch", "arm", "decode_tps", "tau", "per_pass", "target_passes", "draft_s", "verify_s", "select_s",
+    cols = ("context", "batch", "arm", "decode_tps", "vs_ar", "tau", "per_pass", "target_passes", "draft_s", "verify_s", "select_s",
             "agree", "recovery", "note")
+    rows = [{"vs_ar": "", **r} for r in rows]  # printed as each arm finishes, before vs_ar is known
+
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
     table = [cols] + [tuple(cell(r[c]) for c in cols) for r in rows]
@@ -285,12 +326,13 @@ def report(rows, args, prefills, decisions) -> None:
         return
     fig, ax = plt.subplots(figsize=(8, 4))
     groups = sorted({(r["context"], r["batch"]) for r in rows})
-    arms = list(dict.fromkeys(r["arm"] for r in rows))
     width = 0.8 / max(1, len(groups))
+    arms = []  # in run order (an interleaved ar appears once per run of it)
     for g, (context, batch) in enumerate(groups):
-        values = [next((r["decode_tps"] for r in rows if (r["context"], r["batch"], r["arm"]) == (context, batch, a)), 0)
-                  for a in arms]
-        ax.bar([i + g * width for i in range(len(arms))], values, width, label=f"{context} tok x {batch}")
+        group = [r for r in rows if (r["context"], r["batch"]) == (context, batch)]
+        arms = arms if len(arms) >= len(group) else [r["arm"] for r in group]
+        ax.bar([i + g * width for i in range(len(group))], [r["decode_tps"] for r in group], width,
+               label=f"{context} tok x {batch}")
     ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(arms))], arms, rotation=30)
     ax.set_ylabel("decode tokens/s (prefill excluded)")
     ax.set_title(f"dustin e2e ({args.dtype}, gamma {cfg.gamma}, budget {cfg.budget}; {machine})", fontsize=8)

@@ -13,7 +13,7 @@ BACKENDS = ("auto", "inductor", "eager")
 SELECTORS = ("dustin", "history", "draft", "streaming", "snapkv", "quest", "oracle")
 DRAFT_KV = ("auto", "full", "window")
 LINEARS = ("auto", "plain")
-DRAFT_QUANTS = ("int8",)
+DRAFT_QUANTS = ("auto", "int8")
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -68,7 +68,10 @@ class DustinConfig:
     draft_quant: ``"int8"`` — the draft's decode steps run its linear layers on int8 weights (one scale per output
         row; draftquant.py): a quarter of the bytes a draft step streams. Lossless like ``draft_vocab`` (the target
         verifies every token); costs acceptance where rounding changes the draft's top token. CPU drafts in float32
-        or bfloat16 only; the prefill keeps the float draft. ``None`` (default): the draft as given.
+        or bfloat16 only; the prefill keeps the float draft. ``"auto"`` (default): int8 for a separate float32 draft
+        on the CPU, only its linears of at least 1 MiB (where int8 measured faster; smaller ones stay float), the
+        draft as given anywhere else (GPU, bfloat16, self-speculation); ``DustinModel.draft_quant`` says which ran.
+        ``None``: the draft as given.
     linear: ``"auto"`` (default) — the linear layers of multi-row steps (verification, checks, two-token draft
         steps, prefill chunks) run MKL's packed GEMM wherever it measures at least 10 % faster than ``F.linear`` on
         this machine for that weight shape and row count (fp32 on x86 CPUs; measured once, kept in
@@ -102,8 +105,8 @@ class DustinConfig:
                                            "(default: all)")
     draft_vocab: int | None = _field(None, "the draft scores only this many most frequent tokens (the profile's "
                                      "frequent_tokens; lossless; default: its full vocabulary)")
-    draft_quant: str | None = _field(None, "the draft's decode steps on int8 weights (lossless; CPU; default: the "
-                                     "draft as given)", choices=DRAFT_QUANTS)
+    draft_quant: str | None = _field("auto", "the draft's decode steps on int8 weights (lossless; auto: a float32 "
+                                     "CPU draft's linears of >= 1 MiB)", choices=DRAFT_QUANTS)
     linear: str = _field("auto", "multi-row linears: MKL's packed GEMM where measured faster (auto), or as traced "
                          "(plain)", choices=LINEARS)
 

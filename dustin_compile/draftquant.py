@@ -22,6 +22,18 @@ Scope, each measured or refused rather than assumed:
   wrong numbers for one row, a crash for two).
 - Only plain ``torch.nn.Linear`` modules (not subclasses, which may compute something else) are converted.
 
+``draft_quant="auto"`` (the default) is ``"int8"`` where it measured faster, the draft as given elsewhere: a separate
+float32 draft on the CPU, converting only linears whose float32 weight holds at least ``AUTO_MIN_BYTES`` (1 MiB). A
+one-row product through such a weight streams it from memory, and int8 was 1.4-3.5x faster at 1-8 rows for every
+such linear of the real draft (q/o 896x896, gate/up/down, LM head; AMX host); the 128x896 K/V projections (0.46 MB,
+cache-resident) measured 0.6-0.86x, and a tiny model's weights all sit in the cache. bfloat16 drafts, GPUs and
+self-drafts are not measured: ``"auto"`` leaves them as given (``"int8"`` still opts a bfloat16 draft in).
+
+Every view is checked once when it is built (``kernel_mismatches``): each distinct weight shape runs 1, 2 and 5 rows
+through the kernel against a float reference of the same int8 weights. torch's kernel has returned wrong numbers for
+shapes it does not support (in_features 8 on AVX-512) without an error; a mismatch refuses ``"int8"`` and makes
+``"auto"`` keep the float draft (with a warning). A crash in the kernel cannot be caught this way.
+
 ``int8_draft`` returns a view of the draft: the converted modules are new, every other module and parameter is
 shared (the user's draft is not modified). The int8 copy is made once, when the view is built: a draft whose
 weights change in place afterwards keeps proposing from the old ones (still lossless); compile again to refresh.
@@ -35,6 +47,9 @@ import torch
 
 DTYPES = (torch.float32, torch.bfloat16)
 K_MULTIPLE = 16  # in_features the CPU kernel handles on every host measured (see the module docstring)
+AUTO_MIN_BYTES = 2**20  # draft_quant="auto": float32 weights at least this large (streamed, not cache-resident)
+CHECK_ROWS = (1, 2, 5)  # rows the one-time kernel check runs: the draft's 1- and 2-row steps, and an odd count
+CHECK_OUTPUTS = 256  # output rows of the float reference per weight (the kernel itself runs on the whole weight)
 
 
 class Int8Linear(torch.nn.Module):
@@ -68,6 +83,23 @@ def convertible(module: torch.nn.Module) -> bool:
             and module.in_features % K_MULTIPLE == 0)
 
 
+def auto_convertible(module: torch.nn.Module) -> bool:
+    """What ``draft_quant="auto"`` converts: a ``convertible`` float32 linear of at least ``AUTO_MIN_BYTES``."""
+    return (convertible(module) and module.weight.dtype == torch.float32
+            and module.weight.numel() * module.weight.element_size() >= AUTO_MIN_BYTES)
+
+
+def resolve_quant(choice: str | None, draft: torch.nn.Module, self_draft: bool) -> str | None:
+    """``DustinConfig.draft_quant`` as it runs: ``"auto"`` becomes ``"int8"`` for a separate float32 CPU draft with
+    a linear ``auto_convertible`` converts, ``None`` otherwise; ``"int8"`` and ``None`` stay as given."""
+    if choice != "auto":
+        return choice
+    param = next(draft.parameters(), None)
+    if self_draft or param is None or param.device.type != "cpu" or param.dtype != torch.float32:
+        return None
+    return "int8" if any(auto_convertible(m) for m in draft.modules()) else None
+
+
 def check_draft(draft: torch.nn.Module, self_draft: bool) -> None:
     """Refuse a draft ``draft_quant="int8"`` cannot serve, with the reason and the fix."""
     if self_draft:
@@ -86,14 +118,15 @@ def check_draft(draft: torch.nn.Module, self_draft: bool) -> None:
                          "to convert: drop draft_quant (None)")
 
 
-def int8_draft(draft: torch.nn.Module) -> torch.nn.Module:
-    """A view of ``draft`` whose convertible linears (``convertible``) are ``Int8Linear``; the rest is shared."""
+def int8_draft(draft: torch.nn.Module, select=convertible) -> torch.nn.Module:
+    """A view of ``draft`` whose linears ``select`` picks (``convertible`` ones; ``"auto"``: ``auto_convertible``)
+    are ``Int8Linear``; the rest is shared."""
     memo: dict[int, torch.nn.Module] = {}  # a module reached twice (tied or shared) is converted once
 
     def view(module: torch.nn.Module) -> torch.nn.Module:
         if id(module) in memo:
             return memo[id(module)]
-        if convertible(module):
+        if select(module):
             with torch.no_grad():
                 new = Int8Linear(module)
         else:
@@ -106,3 +139,32 @@ def int8_draft(draft: torch.nn.Module) -> torch.nn.Module:
         return new
 
     return view(draft)
+
+
+def kernel_mismatches(view: torch.nn.Module) -> list[str]:
+    """The weight shapes (``"out x in"``) for which the int8 kernel disagrees with a float reference on this machine:
+    each distinct shape of the view's ``Int8Linear`` modules runs ``CHECK_ROWS`` random rows through the kernel on
+    its whole weight, compared on up to ``CHECK_OUTPUTS`` output rows with ``x_bf16 @ (q * scale)ᵀ`` in float64.
+    The reference has the kernel's inputs (bf16 activations, the same int8 weights and bf16 scales), so the only
+    honest difference is the kernel's float32 accumulation and its bf16 output (2^-8 relative)."""
+    bad, seen = [], set()
+    generator = torch.Generator().manual_seed(0)
+    for module in view.modules():
+        if not isinstance(module, Int8Linear):
+            continue
+        shape = (module.out_features, module.in_features, module.scale.dtype)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        picked = torch.randperm(module.out_features, generator=generator)[:CHECK_OUTPUTS]
+        weight = module.qweight[picked].double() * module.scale[picked].double()[:, None]
+        for rows in CHECK_ROWS:
+            x = torch.randn(rows, module.in_features, generator=generator).to(torch.bfloat16)
+            with torch.no_grad():
+                got = torch._weight_int8pack_mm(x, module.qweight, module.scale)[:, picked].double()
+            ref = x.double() @ weight.T
+            bound = 2.0 ** -7 * ref.abs() + 1e-4 * (x.double().abs() @ weight.abs().T) + 1e-30
+            if not bool(((got - ref).abs() <= bound).all()):
+                bad.append(f"{module.out_features}x{module.in_features}")
+                break
+    return bad

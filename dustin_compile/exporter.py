@@ -69,14 +69,17 @@ def export(model: DustinModel, example_input_ids: torch.Tensor, attention_mask: 
     rows (rounded up to a power of two >= 16) and the runner pads the last piece. ``roles``: which of
     ``("prefill", "draft", "verify")`` to export (the runner needs all three). Every program holds the same rewrite
     ``generate`` runs: a model the pass refuses raises the same ``PassError``. The programs verify a fixed number
-    of rows: ``gamma="auto"`` is exported as ``gamma=gamma_max`` (the manifest records it).
+    of rows: ``gamma="auto"`` is exported as ``gamma=gamma_max`` (the manifest records it), and
+    ``draft_quant="auto"`` as the draft as given (``"int8"`` is refused).
     """
     if model.config.draft_vocab is not None:
         raise ValueError("export does not support draft_vocab yet (the runner would need the restricted head's ids); "
                          "export model.with_config(draft_vocab=None)")
-    if model.config.draft_quant is not None:
-        raise ValueError("export does not support draft_quant yet (its int8 kernel has no TensorRT or portable form "
-                         "measured); export model.with_config(draft_quant=None)")
+    if model.config.draft_quant == "int8":
+        raise ValueError("export does not support draft_quant='int8' yet (its int8 kernel has no TensorRT or portable "
+                         "form measured); export model.with_config(draft_quant=None)")
+    if model.draft_quant is not None:  # "auto" chose int8 on this CPU: the programs hold the draft as given
+        model = model.with_config(draft_quant=None)
     if model.config.adaptive:
         model = model.with_config(gamma=model.config.gamma_max)
     prompts = prompts_from(example_input_ids, attention_mask, model.vocab_size)

@@ -27,7 +27,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...]
         options = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} [{f.default}]")
         if f.metadata.get("choices"):
             options["choices"] = f.metadata["choices"]
-        if kind is bool:
+        if f.metadata.get("choices") and type(None) in typing.get_args(kind):  # a word, or "none" for None
+            words = (*f.metadata["choices"], "none")
+            del options["choices"]  # checked by the type below, so that an error lists "none", not None
+            options.update(type=_word_or_none(words), metavar="{%s}" % ",".join(words))
+        elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
             options.update(nargs="*", type=int, metavar="N")
@@ -46,3 +50,13 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 def _int_or_word(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _word_or_none(words: tuple[str, ...]):
+    """An argparse type: one of ``words``, with ``"none"`` read as ``None``."""
+    def parse(text: str) -> str | None:
+        if text not in words:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(words)})")
+        return None if text == "none" else text
+    parse.__name__ = "choice"  # what argparse names in its message if parse raises something else
+    return parse

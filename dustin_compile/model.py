@@ -22,7 +22,7 @@ from .selectors import LOOKAHEAD_SELECTORS
 from .state import CacheStore, DecodeState
 from .steps import StepGraph
 from .errors import ModelPairError
-from .draftquant import check_draft, int8_draft
+from .draftquant import auto_convertible, check_draft, convertible, int8_draft, kernel_mismatches, resolve_quant
 from .selfdraft import is_self_draft, self_draft
 from .draftvocab import restricted_draft
 from .validate import check_dense_layers, check_model, check_pair, longrope_limit, prompts_from, vocab_size
@@ -98,14 +98,19 @@ class DustinModel:
             self._draft_view = restricted_draft(draft, self.draft_ids)
         # draft_quant: the draft's decode steps run a view with int8 linears (draftquant.py); its prefill keeps the
         # float draft, faster at prefill sizes. One view per draft_vocab, shared with with_config siblings.
+        # "auto": int8 for a separate float32 CPU draft, only its weights large enough to be streamed (measured).
         self._draft_views = {} if draft_views is None else draft_views
         self._draft_decode = self._draft_view or draft
-        if config.draft_quant is not None:
-            check_draft(draft, self.self_draft)
+        self.draft_quant = resolve_quant(config.draft_quant, draft, self.self_draft)
+        if self.draft_quant is not None:
+            if config.draft_quant == "int8":
+                check_draft(draft, self.self_draft)
             key = (config.draft_quant, config.draft_vocab)
             if key not in self._draft_views:
-                self._draft_views[key] = int8_draft(self._draft_decode)
-            self._draft_decode = self._draft_views[key]
+                self._draft_views[key] = _checked_int8_view(self._draft_decode, config.draft_quant)
+            self._draft_decode = self._draft_views[key] or self._draft_decode
+            if self._draft_views[key] is None:  # "auto", and the kernel failed its check on this machine
+                self.draft_quant = None
         self.dense_layers = frozenset(config.dense_layers or self.profile.dense_layers)
         check_dense_layers(target, self.dense_layers)
         free = config.budget - config.n_sink - config.window
@@ -355,3 +360,19 @@ def _hf_sequences(input_ids: torch.Tensor, gen: Generation, pad_token_id: int) -
         start = int(gen.prompt_lens[b])
         out[b, ids.shape[1] : ids.shape[1] + count] = gen.seq[b, start : start + count].cpu()
     return out.to(ids.device)
+
+
+def _checked_int8_view(draft: torch.nn.Module, choice: str) -> torch.nn.Module | None:
+    """The int8 view of ``draft`` (``choice``: ``"int8"``, every convertible linear; ``"auto"``, the large float32
+    ones), checked once against a float reference: a kernel that returns wrong numbers on this machine refuses
+    ``"int8"`` and makes ``"auto"`` keep the float draft (``None``), with a warning that says so."""
+    view = int8_draft(draft, auto_convertible if choice == "auto" else convertible)
+    bad = kernel_mismatches(view)
+    if not bad:
+        return view
+    message = (f"torch's int8 CPU kernel (_weight_int8pack_mm) disagrees with a float reference on this machine for "
+               f"draft weights shaped {', '.join(bad)} (out x in)")
+    if choice == "int8":
+        raise ValueError(f"draft_quant='int8': {message}; drop draft_quant (None)")
+    warnings.warn(f"dustin: draft_quant='auto' keeps the float draft: {message}", stacklevel=4)
+    return None

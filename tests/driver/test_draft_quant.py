@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dustin
-from dustin.draftquant import Int8Linear, int8_draft
+from dustin.draftquant import AUTO_MIN_BYTES, Int8Linear, int8_draft, kernel_mismatches
 from helpers import assert_decodes_like, left_padded, random_prompts, tiny_model, twin_pair
 
 OPTS = dict(backend="eager", budget=16, n_sink=2, window=4, exact_every=3)
@@ -110,3 +110,68 @@ def test_draft_quant_errors():
     model = dustin.compile(target, draft, profile=profile, draft_quant="int8", **OPTS)
     with pytest.raises(ValueError, match="draft_quant"):
         dustin.export(model, torch.tensor([[3, 4, 5]]))
+
+
+# Wide enough that some float32 weights reach AUTO_MIN_BYTES: q/o 512x512 (1 MiB), gate/up/down 768x512, the LM head
+# 640x512; the K/V projections (128x512, 256 KiB) and every tiny-model weight stay below it.
+WIDE = dict(hidden_size=512, intermediate_size=768, num_attention_heads=8, num_key_value_heads=2, vocab_size=640)
+
+
+def test_auto_converts_the_large_float32_linears_of_a_separate_cpu_draft():
+    assert 512 * 512 * 4 == AUTO_MIN_BYTES
+    target = tiny_model("qwen2", num_hidden_layers=2, seed=61, **WIDE)
+    draft = copy.deepcopy(target)
+    ids, mask = left_padded(random_prompts([21, 14], seed=62, vocab=640))
+    model = dustin.compile(target, draft, mode="dense", gamma=2, **OPTS)  # draft_quant="auto", the default
+    assert model.config.draft_quant == "auto" and model.draft_quant == "int8"
+    view = model._draft_decode
+    attn, mlp = view.model.layers[0].self_attn, view.model.layers[1].mlp
+    assert all(isinstance(m, Int8Linear) for m in (attn.q_proj, attn.o_proj, mlp.gate_proj, mlp.down_proj, view.lm_head))
+    assert type(attn.k_proj) is torch.nn.Linear and type(attn.v_proj) is torch.nn.Linear  # 256 KiB: left float
+    expected = model.generate(ids, mask, max_new_tokens=20, use_draft=False).sequences
+    assert_decodes_like(model, ids, mask, expected, max_new_tokens=20)
+    assert _int8_ops(model.rewritten_graph("draft_1")) == 11  # 2 layers x (q, o, gate, up, down) + the LM head
+    # Where it is not measured, "auto" leaves the draft as given; None always does.
+    assert model.with_config(draft_quant=None).draft_quant is None
+    assert dustin.compile(target, **OPTS).draft_quant is None  # self-speculation
+    tiny_target, tiny_draft, _ = twin_pair("qwen2", seed=51)
+    assert dustin.compile(tiny_target, tiny_draft, **OPTS).draft_quant is None  # every weight < 1 MiB
+    half = dustin.compile(copy.deepcopy(target).to(torch.bfloat16), copy.deepcopy(draft).to(torch.bfloat16), **OPTS)
+    assert half.draft_quant is None and half._draft_decode is half.draft
+    assert dustin.compile(target, draft, draft_quant="int8", **OPTS)._draft_decode.model.layers[0].self_attn.k_proj \
+        .__class__ is Int8Linear  # "int8" converts every convertible linear
+
+
+def test_a_kernel_that_disagrees_with_its_float_reference_is_caught(monkeypatch):
+    target = tiny_model("qwen2", num_hidden_layers=1, seed=63, **WIDE)
+    draft = copy.deepcopy(target)
+    assert kernel_mismatches(int8_draft(draft)) == []
+    kernel = torch._weight_int8pack_mm
+
+    def off_for_two_rows(x, q, scale):  # right for one row, 2 % off for more: what a shape bug looks like
+        out = kernel(x, q, scale)
+        return out if x.shape[0] == 1 else out * 1.02
+
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", off_for_two_rows)
+    assert kernel_mismatches(int8_draft(draft)) == ["512x512", "128x512", "768x512", "512x768", "640x512"]
+    with pytest.raises(ValueError, match="disagrees with a float reference.*drop draft_quant"):
+        dustin.compile(target, draft, draft_quant="int8", **OPTS)
+    with pytest.warns(UserWarning, match="keeps the float draft"):
+        model = dustin.compile(target, draft, **OPTS)
+    assert model.draft_quant is None and model._draft_decode is draft
+
+
+def test_the_draft_quant_flag_takes_none(capsys):
+    import argparse
+
+    from dustin.flags import add_config_arguments, config_overrides
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, ("draft_quant",))
+    assert config_overrides(parser.parse_args(["--draft-quant", "none"])) == {"draft_quant": None}
+    assert config_overrides(parser.parse_args(["--draft-quant", "int8"])) == {"draft_quant": "int8"}
+    assert config_overrides(parser.parse_args([])) == {}  # the default, "auto", comes from DustinConfig
+    assert dustin.DustinConfig().draft_quant == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--draft-quant", "int4"])
+    assert "invalid choice: 'int4' (choose from auto, int8, none)" in capsys.readouterr().err

@@ -1,0 +1,26 @@
+"""benchmarks/e2e.py's drift guard: ar interleaved between arms, and each arm's ratio to the ar measured around it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from e2e import interleave_ar, vs_ar  # noqa: E402
+
+
+def test_interleave_puts_ar_around_every_arm_once():
+    assert interleave_ar(["dense", "sparse@q8", "hf-assisted"]) == "ar,dense,ar,sparse@q8,ar,hf-assisted,ar"
+    assert interleave_ar(["ar", "dense", "ar", "exact"]) == "ar,dense,ar,exact,ar"  # the ar already there count
+    assert interleave_ar(["ar"]) == "ar"
+
+
+def test_vs_ar_divides_by_the_mean_of_the_nearest_ar_on_each_side_of_the_same_setting():
+    rows = [dict(context=c, batch=1, arm=a, decode_tps=t) for c, a, t in
+            [(4, "ar", 2.0), (4, "dense", 3.0), (8, "ar", 10.0), (4, "ar", 4.0), (4, "x", 5.0), (4, "ar", 6.0),
+             (4, "hf-ar", 1.5), (8, "dense", 5.0), (16, "dense", 1.0)]]
+    vs_ar(rows)
+    got = [r["vs_ar"] for r in rows]
+    # dense@4 sits between ar 2 and ar 4 (the 8k ar between them is another setting); x between 4 and 6; hf-ar after
+    # the last ar only; each ar against its neighbours; 16k has no ar at all.
+    assert got == [2.0 / 4.0, 3.0 / 3.0, "", 4.0 / 4.0, 5.0 / 5.0, 6.0 / 4.0, 1.5 / 6.0, 5.0 / 10.0, ""]
