@@ -14,7 +14,9 @@ the CPU is discarded and re-run, the CSV counts them):
             "group" = 4 heads of one KV group (reads 1 group of K), "spread" = one head per KV group (reads 4)
   select    select_tokens(draft, history) once per iteration (draft scores given, as the draft computes them)
   attention dustin::sparse_attention with k = budget selected positions + the T new rows (the op, as compiled
-            graphs call it: no eager validation)
+            graphs call it: no eager validation; on the CPU its fused gather + attention kernel, cpu.cpp)
+  reference the op's torch reference on the same inputs (gather into a workspace + one packed SDPA): the CPU path
+            before the fused kernel, and its fallback; reference_ratio = reference / attention
   sparse per layer = attention + (estimate + select) / layers;  speedup = best dense / sparse per layer
             (the plot shows the "spread" speedup, the conservative one); speedup_group_vs_gqa = stock
             SDPA(enable_gqa=True) / sparse per layer (group estimation), the README's headline ratio.
@@ -41,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import dustin.kernels  # noqa: F401  (registers the dustin ops)
+from dustin.kernels.sparse import cpu as sparse_cpu
 from dustin.kernels.sparse import reference as sparse_reference
 
 GEOMETRIES = {  # name: (query heads, KV heads, head dim, layers)
@@ -199,6 +202,9 @@ def make_arms(c: dict, geometry: str, budgets: list[int]) -> tuple[dict, dict]:
         arms[f"attention_{budget}"] = (lambda b=budget:  # noqa: E731
                                        ops.sparse_attention(c["q"], c["k"], c["v"], indices[b], c["seq_lens"],
                                                             c["q"].shape[-1] ** -0.5, 0))
+        arms[f"reference_{budget}"] = (lambda b=budget:  # noqa: E731
+                                       sparse_reference.sparse_attention_reference(
+                                           c["q"], c["k"], c["v"], indices[b], c["seq_lens"], c["q"].shape[-1] ** -0.5))
     return arms, indices
 
 
@@ -252,6 +258,15 @@ def breakdown(arms: dict, steps: dict, budget: int, repeats: int) -> dict[str, f
     return result
 
 
+def kernel_in_use(c: dict) -> str:
+    """Which CPU path ``attention`` timed: the fused kernel or the reference (DUSTIN_SPARSE_KERNEL, build, gates)."""
+    if c["q"].device.type != "cpu":
+        return "triton"
+    fused = (sparse_cpu.choice() != "reference" and sparse_cpu.supports(c["q"], c["k"], c["v"])
+             and sparse_cpu.load() is not None)
+    return "fused" if fused else "reference"
+
+
 def run_config(args, geometry: str, dtype_name: str, context: int, batch: int, copy_gbs: float) -> list[dict]:
     dtype = DTYPES[dtype_name]
     c = build_case(geometry, dtype, context, batch, args.rows, "cpu")
@@ -263,7 +278,7 @@ def run_config(args, geometry: str, dtype_name: str, context: int, batch: int, c
     triton_ms = triton_times(c, budgets, indices, args) if torch.cuda.is_available() else {}
     base = dict(geometry=geometry, dtype=dtype_name, context=context, batch=batch, rows=args.rows,
                 threads=torch.get_num_threads(), copy_gbs=copy_gbs, cpu_busy_before=round(busy, 3),
-                rounds=len(samples["dense_packed"]), rounds_discarded=discarded)
+                rounds=len(samples["dense_packed"]), rounds_discarded=discarded, sparse_kernel=kernel_in_use(c))
     rows = [summarize(base, med, budget, triton_ms.get(budget, float("nan"))) for budget in budgets]
     if args.breakdown:
         for row in rows:
@@ -292,6 +307,9 @@ def summarize(base: dict, med: dict, budget: int, triton_ms: float) -> dict:
                     f"est_sel_{mode}_pct": 100 * (estimate + select) / (dense * layers),
                     f"est_{mode}_gbs": batch * groups_read * context * dim * item / estimate / 1e6})
     row["attention_only_speedup"] = dense / attention
+    row["reference_ms"] = med[f"reference_{budget}"]
+    row["reference_ratio"] = med[f"reference_{budget}"] / attention
+    row["sparse_kernel"] = base["sparse_kernel"]
     row["triton_attention_ms"] = triton_ms
     return row
 
@@ -311,7 +329,8 @@ def triton_times(c: dict, budgets: list[int], indices: dict, args) -> dict[int, 
 
 COLUMNS = [("geometry", "{}"), ("dtype", "{}"), ("context", "{}"), ("batch", "{}"), ("budget", "{}"),
            ("dense_gqa_ms", "{:.1f}"), ("dense_ms", "{:.1f}"), ("dense_kind", "{}"), ("attention_ms", "{:.3f}"),
-           ("select_ms", "{:.2f}"), ("est_group_ms", "{:.2f}"), ("est_spread_ms", "{:.2f}"),
+           ("reference_ms", "{:.3f}"), ("reference_ratio", "{:.2f}x"), ("select_ms", "{:.2f}"),
+           ("est_group_ms", "{:.2f}"), ("est_spread_ms", "{:.2f}"),
            ("attention_only_speedup", "{:.1f}x"), ("speedup_group_vs_gqa", "{:.1f}x"), ("speedup_group", "{:.1f}x"),
            ("speedup_spread", "{:.1f}x"), ("est_sel_group_pct", "{:.2f}%"), ("est_sel_spread_pct", "{:.2f}%"),
            ("dense_gbs", "{:.1f}"), ("attention_gbs", "{:.1f}"), ("est_spread_gbs", "{:.1f}"), ("rounds", "{}")]

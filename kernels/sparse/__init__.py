@@ -1,7 +1,8 @@
 """``dustin::sparse_attention``: attention over a selected set of cached positions plus the new rows.
 
-The default implementation is the torch reference (the CPU path and the spec, see reference.py); CUDA tensors go
-to the Triton kernel (triton.py, imported on first use so that importing dustin never imports triton).
+The spec is the torch reference (reference.py). CPU tensors go to the fused gather + attention kernel (cpu.cpp, built
+on first use; cpu.py says when it applies and how ``DUSTIN_SPARSE_KERNEL`` picks the path), else to the reference;
+CUDA tensors go to the Triton kernel (triton.py, imported on first use so that importing dustin never imports triton).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from .._common import (FLOAT_DTYPES, INDEX_DTYPES, check_gqa, check_same_device, check_seq_lens, check_tensor,
                        check_window)
+from .cpu import sparse_attention_cpu
 from .reference import sparse_attention_reference
 
 __all__ = ["sparse_attention", "sparse_attention_reference"]
@@ -29,6 +31,8 @@ def _sparse_attention_op(
     scale: float,
     window: int,
 ) -> torch.Tensor:
+    if q.device.type == "cpu":
+        return sparse_attention_cpu(q, k_cache, v_cache, indices, seq_lens, scale, window)
     return sparse_attention_reference(q, k_cache, v_cache, indices, seq_lens, scale, window)
 
 

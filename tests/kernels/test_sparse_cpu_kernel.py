@@ -1,0 +1,114 @@
+"""The fused CPU kernel of dustin::sparse_attention (kernels/sparse/cpu.cpp): equal to the float64 oracle on the
+shapes real checkpoints carry (head dims 16..256, GQA ratios 1..7, T = 1..6, padding, sliding windows, cache views),
+the gates that send other inputs to the reference, and the DUSTIN_SPARSE_KERNEL switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import DTYPES, TOL, attention_oracle, make_attention_case, visible_mask
+
+from dustin.kernels import sparse_attention
+from dustin.kernels.sparse import cpu
+from dustin.kernels.sparse import sparse_attention_reference
+
+
+@pytest.fixture(scope="module")
+def built():
+    module = cpu.load()
+    assert module is not None, f"the fused kernel must build on this machine: {cpu.build_error()}"
+    return module
+
+
+def _poison_unread(k, v, indices, seq_lens, rows):
+    keep = visible_mask(indices, seq_lens, rows, k.shape[2]).any(1)
+    hidden = ~keep[:, None, :, None]
+    return k.masked_fill(hidden, float("nan")), v.masked_fill(hidden, float("nan"))
+
+
+# (lens, head dim, q heads, kv heads, T, budget, window): head dims of real models (64 Llama/Qwen small, 80 Phi-2,
+# 96 Phi-3, 128 most, 256 Gemma), GQA 1..7, odd budgets and widths (VNNI pads odd widths), a window.
+CASES = [
+    ([1, 1], 16, 2, 2, 1, 4, 0),
+    ([63, 40], 128, 8, 2, 5, 16, 0),
+    ([1000, 63], 64, 14, 2, 5, 97, 0),
+    ([300, 17], 80, 6, 2, 2, 33, 0),
+    ([4097, 9], 96, 3, 1, 6, 70, 0),
+    ([500, 200, 3], 256, 8, 4, 3, 41, 0),
+    ([300, 40, 2], 64, 8, 2, 5, 64, 37),
+    ([700, 650], 128, 12, 2, 4, 256, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lens,dim,q_heads,kv_heads,rows,budget,window", CASES)
+def test_fused_matches_oracle(built, lens, dim, q_heads, kv_heads, rows, budget, window, dtype):
+    q, k, v, indices, seq_lens = make_attention_case(len(lens), q_heads, kv_heads, dim, rows, lens, budget, dtype,
+                                                     seed=budget + dim)
+    k, v = _poison_unread(k, v, indices, seq_lens, rows)  # reading an unselected row shows as NaN
+    assert cpu.supports(q, k, v)
+    out = cpu.sparse_attention_fused(q, k, v, indices, seq_lens, dim**-0.5, window)
+    visible = visible_mask(indices, seq_lens, rows, k.shape[2], window)
+    want = attention_oracle(q, k.nan_to_num(), v.nan_to_num(), visible)
+    assert out.dtype == dtype and out.shape == q.shape and out.is_contiguous()
+    torch.testing.assert_close(out.double(), want, **TOL[dtype])
+
+
+def test_fused_on_cache_views_and_transposed_q(built):
+    """A batch slice of a larger cache (strided batch dim) and an HF-style transposed q take the fused path."""
+    q, k, v, indices, seq_lens = make_attention_case(4, 8, 2, 64, 5, [200, 150, 90, 20], 24, seed=5)
+    want = sparse_attention_reference(q, k, v, indices, seq_lens)
+    big_k, big_v = torch.cat([k, k]), torch.cat([v, v])
+    q_t = q.transpose(1, 2).contiguous().transpose(1, 2)
+    assert cpu.supports(q_t[1:3], big_k[1:3], big_v[1:3])
+    got = cpu.sparse_attention_fused(q_t[1:3], big_k[1:3], big_v[1:3], indices[1:3], seq_lens[1:3], 64**-0.5, 0)
+    torch.testing.assert_close(got, want[1:3], atol=2e-6, rtol=2e-6)
+
+
+def test_the_op_runs_the_fused_kernel_by_default(built, monkeypatch):
+    monkeypatch.delenv(cpu.ENV, raising=False)
+    q, k, v, indices, seq_lens = make_attention_case(2, 8, 2, 64, 5, [300, 100], 32, torch.bfloat16, seed=9)
+    calls = []
+    real = cpu.sparse_attention_fused
+    monkeypatch.setattr(cpu, "sparse_attention_fused", lambda *a: calls.append(1) or real(*a))
+    out = sparse_attention(q, k, v, indices, seq_lens)
+    assert calls == [1]
+    torch.testing.assert_close(out, sparse_attention_reference(q, k, v, indices, seq_lens), **TOL[torch.bfloat16])
+
+
+def test_unsupported_inputs_take_the_reference(monkeypatch):
+    """A head dim that is not a multiple of 16 or a cache with D not innermost: the reference, bit for bit."""
+    monkeypatch.delenv(cpu.ENV, raising=False)
+    q, k, v, indices, seq_lens = make_attention_case(2, 4, 2, 8, 3, [90, 70], 16, seed=2)
+    assert not cpu.supports(q, k, v)
+    torch.testing.assert_close(sparse_attention(q, k, v, indices, seq_lens),
+                               sparse_attention_reference(q, k, v, indices, seq_lens), atol=0, rtol=0)
+    q, k, v, indices, seq_lens = make_attention_case(2, 4, 2, 64, 3, [90, 70], 16, seed=2)
+    k_odd = k.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not cpu.supports(q, k_odd, v)
+
+
+def test_the_switch(built, monkeypatch):
+    q, k, v, indices, seq_lens = make_attention_case(2, 8, 2, 64, 5, [300, 100], 32, seed=4)
+    monkeypatch.setenv(cpu.ENV, "reference")
+    torch.testing.assert_close(sparse_attention(q, k, v, indices, seq_lens),
+                               sparse_attention_reference(q, k, v, indices, seq_lens), atol=0, rtol=0)
+    monkeypatch.setenv(cpu.ENV, "fast")
+    with pytest.raises(ValueError, match=r"DUSTIN_SPARSE_KERNEL='fast' is not a choice: use one of auto, reference"):
+        sparse_attention(q, k, v, indices, seq_lens)
+    monkeypatch.setenv(cpu.ENV, "fused")
+    q8, k8, v8, i8, s8 = make_attention_case(2, 4, 2, 8, 3, [90, 70], 16, seed=2)
+    with pytest.raises(ValueError, match="head dim that is a multiple of 16"):
+        sparse_attention(q8, k8, v8, i8, s8)
+    torch.testing.assert_close(sparse_attention(q, k, v, indices, seq_lens),
+                               sparse_attention_reference(q, k, v, indices, seq_lens), atol=2e-6, rtol=2e-6)
+
+
+def test_kernel_refuses_positions_outside_the_cache(built):
+    q = torch.randn(1, 2, 16, 64)
+    k = torch.randn(1, 2, 10, 64)
+    mask = torch.zeros(1, 3, 16)
+    for bad in (10, -1):
+        positions = torch.tensor([[0, bad, 2]])
+        with pytest.raises(RuntimeError, match=r"positions must lie in \[0, S\)"):
+            built.gathered_attention(q, k, k, positions, mask, 0.125)
