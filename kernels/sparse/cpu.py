@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .._common import cached_constant
-from .reference import additive_mask, selection_positions, sparse_attention_reference
+from .reference import sparse_attention_reference
 
 ENV = "DUSTIN_SPARSE_KERNEL"
 CHOICES = ("auto", "reference", "fused")
@@ -93,32 +92,11 @@ def supports(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> b
             and q.shape[-1] % 16 == 0 and k_cache.stride(-1) == 1 and k_cache.stride() == v_cache.stride())
 
 
-def _mask_columns(mask: torch.Tensor) -> torch.Tensor:
-    """The additive mask ``[Bm, 1, M, W]`` as the kernel reads it: float32 ``[Bm, W, C]``, C = M rounded up to 16
-    with zero padding columns."""
-    rows = mask.shape[2]
-    cols = -(-rows // 16) * 16
-    out = torch.zeros(mask.shape[0], mask.shape[3], cols, dtype=torch.float32, device=mask.device)
-    out[:, :, :rows] = mask[:, 0].transpose(1, 2)
-    return out
-
-
 def sparse_attention_fused(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor,
                            seq_lens: torch.Tensor, scale: float, window: int) -> torch.Tensor:
-    """The op's contract (reference.py) on the fused kernel; the caller has checked ``supports``."""
-    batch, q_heads, rows, dim = q.shape
-    kv_heads = k_cache.shape[1]
-    groups = q_heads // kv_heads
-    positions, missing = selection_positions(indices, seq_lens, rows)
-    if missing is None and not window:  # the usual case: one cached template for every call of this shape
-        mask = cached_constant(("sparse_attention.cpu_mask", groups, rows, indices.shape[1], q.device),
-                               lambda: _mask_columns(additive_mask(positions, None, seq_lens, groups, rows, 0,
-                                                                   torch.float32)))
-    else:
-        mask = _mask_columns(additive_mask(positions, missing, seq_lens, groups, rows, window, torch.float32))
-    packed_q = q.reshape(batch, kv_heads, groups * rows, dim).contiguous()
-    out = load().gathered_attention(packed_q, k_cache, v_cache, positions, mask, scale)
-    return out.view(batch, q_heads, rows, dim)
+    """The op on the fused kernel (the caller has checked ``supports``); it builds the columns and their causal /
+    window visibility from ``indices`` and ``seq_lens`` itself, and checks every index against ``seq_lens``."""
+    return load().sparse_attention(q, k_cache, v_cache, indices, seq_lens, scale, window)
 
 
 def sparse_attention_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor,

@@ -104,11 +104,13 @@ def test_the_switch(built, monkeypatch):
                                sparse_attention_reference(q, k, v, indices, seq_lens), atol=2e-6, rtol=2e-6)
 
 
-def test_kernel_refuses_positions_outside_the_cache(built):
-    q = torch.randn(1, 2, 16, 64)
-    k = torch.randn(1, 2, 10, 64)
-    mask = torch.zeros(1, 3, 16)
-    for bad in (10, -1):
-        positions = torch.tensor([[0, bad, 2]])
-        with pytest.raises(RuntimeError, match=r"positions must lie in \[0, S\)"):
-            built.gathered_attention(q, k, k, positions, mask, 0.125)
+def test_kernel_refuses_positions_outside_the_selection_range(built):
+    """Compiled graphs skip the eager checks: the kernel itself refuses an index outside [0, seq_lens) and a
+    seq_lens that leaves no room for the new rows, instead of reading out of bounds."""
+    q, k, v = torch.randn(1, 2, 3, 64), torch.randn(1, 2, 10, 64), torch.randn(1, 2, 10, 64)
+    seq_lens = torch.tensor([6])
+    for bad in (6, 11, -2):
+        with pytest.raises(RuntimeError, match=rf"indices\[0, 1\] = {bad} is not -1 \(padding\) nor a committed"):
+            built.sparse_attention(q, k, v, torch.tensor([[0, bad, 2]]), seq_lens, 0.125, 0)
+    with pytest.raises(RuntimeError, match="leaves no room for T = 3 new rows in a cache of 10 positions"):
+        built.sparse_attention(q, k, v, torch.tensor([[0, 1]]), torch.tensor([8]), 0.125, 0)
