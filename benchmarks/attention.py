@@ -14,7 +14,7 @@ the CPU is discarded and re-run, the CSV counts them):
             "group" = 4 heads of one KV group (reads 1 group of K), "spread" = one head per KV group (reads 4)
   select    select_tokens(draft, history) once per iteration (draft scores given, as the draft computes them)
   attention dustin::sparse_attention with k = budget selected positions + the T new rows (the op, as compiled
-            graphs call it: no eager validation; on the CPU its fused gather + attention kernel, cpu.cpp)
+            graphs call it: no eager validation; on the CPU its fused gather + attention kernel, sparse_attention.cpp)
   reference the op's torch reference on the same inputs (gather into a workspace + one packed SDPA): the CPU path
             before the fused kernel, and its fallback; reference_ratio = reference / attention, and
             speedup_group_reference = speedup_group with the reference in place of the op
@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 import dustin.kernels  # noqa: F401  (registers the dustin ops)
+from dustin.kernels import cpu_ext
 from dustin.kernels.sparse import cpu as sparse_cpu
 from dustin.kernels.sparse import reference as sparse_reference
 
@@ -260,11 +261,11 @@ def breakdown(arms: dict, steps: dict, budget: int, repeats: int) -> dict[str, f
 
 
 def kernel_in_use(c: dict) -> str:
-    """Which CPU path ``attention`` timed: the fused kernel or the reference (DUSTIN_SPARSE_KERNEL, build, gates)."""
+    """Which CPU path ``attention`` timed: the fused kernel or the reference (DUSTIN_CPU_KERNELS, build, gates)."""
     if c["q"].device.type != "cpu":
         return "triton"
-    fused = (sparse_cpu.choice() != "reference" and sparse_cpu.supports(c["q"], c["k"], c["v"])
-             and sparse_cpu.load() is not None)
+    fused = (cpu_ext.choice() != "reference" and sparse_cpu.supports(c["q"], c["k"], c["v"])
+             and cpu_ext.load() is not None)
     return "fused" if fused else "reference"
 
 

@@ -1,8 +1,9 @@
 """``dustin::score_heads`` and ``dustin::score_heads_into``: summed attention probabilities of a few query heads;
 ``dustin::score_heads_t``: the same sum with the head ids as a tensor, the non-mutating form export graphs use.
 
-The default implementation is the torch reference (the CPU path and the spec, see reference.py); CUDA tensors go
-to the Triton kernels (triton.py, imported on first use so that importing dustin never imports triton).
+The spec is the torch reference (reference.py). CPU tensors go to the C++ kernel (score_heads.cpp; cpu.py says when it
+applies, kernels/cpu_ext.py how ``DUSTIN_CPU_KERNELS`` picks the path), else to the reference; CUDA tensors go to
+the Triton kernels (triton.py, imported on first use so that importing dustin never imports triton).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .._common import FLOAT_DTYPES, check_gqa, check_same_device, check_seq_lens, check_tensor
+from .cpu import score_heads_cpu, score_heads_into_cpu
 from .reference import score_heads_into_reference, score_heads_reference
 
 __all__ = ["score_heads", "score_heads_into", "score_heads_reference", "score_heads_into_reference"]
@@ -25,6 +27,8 @@ _OP = "score_heads"
 def _score_heads_op(
     q: torch.Tensor, k_cache: torch.Tensor, seq_lens: torch.Tensor, heads: list[int], scale: float | None = None
 ) -> torch.Tensor:
+    if q.device.type == "cpu":
+        return score_heads_cpu(q, k_cache, seq_lens, heads, scale)
     return score_heads_reference(q, k_cache, seq_lens, heads, scale)
 
 
@@ -49,6 +53,9 @@ def _score_heads_into_op(
     heads: list[int],
     scale: float | None = None,
 ) -> None:
+    if q.device.type == "cpu":
+        score_heads_into_cpu(out, q, k_cache, seq_lens, heads, scale)
+        return
     score_heads_into_reference(out, q, k_cache, seq_lens, heads, scale)
 
 
@@ -70,6 +77,8 @@ def _score_heads_t_op(
 ) -> torch.Tensor:
     # The export form of score_heads (plain schema: tensors first, no list, no optional, no mutation; what
     # Torch-TensorRT's plugin generation accepts). The head ids are a small constant tensor of the graph.
+    if q.device.type == "cpu":
+        return score_heads_cpu(q, k_cache, seq_lens, heads.tolist(), scale)
     return score_heads_reference(q, k_cache, seq_lens, heads.tolist(), scale)
 
 

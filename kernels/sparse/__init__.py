@@ -1,8 +1,9 @@
 """``dustin::sparse_attention``: attention over a selected set of cached positions plus the new rows.
 
-The spec is the torch reference (reference.py). CPU tensors go to the fused gather + attention kernel (cpu.cpp, built
-on first use; cpu.py says when it applies and how ``DUSTIN_SPARSE_KERNEL`` picks the path), else to the reference;
-CUDA tensors go to the Triton kernel (triton.py, imported on first use so that importing dustin never imports triton).
+The spec is the torch reference (reference.py). CPU tensors go to the fused gather + attention kernel
+(sparse_attention.cpp, built on first use; cpu.py says when it applies, kernels/cpu_ext.py how
+``DUSTIN_CPU_KERNELS`` picks the path), else to the reference; CUDA tensors go to the Triton kernel (triton.py,
+imported on first use so that importing dustin never imports triton).
 """
 
 from __future__ import annotations

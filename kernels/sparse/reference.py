@@ -16,11 +16,12 @@ Contract (the spec of ``dustin::sparse_attention``; the Triton kernel implements
 
 Softmax and accumulation are fp32 (SDPA's CPU kernel accumulates reduced precision in fp32).
 
-This reference is the spec, and the CPU path wherever the fused kernel (cpu.cpp, see cpu.py) does not apply or is
-switched off. How: the K+T rows of every (b, kv head) are gathered with one flat-row ``index_select`` per cache into a
-reused workspace, then ONE SDPA call runs over the packed GQA layout (the Hq/Hkv query heads of a KV head folded into
-the row axis: [B, Hkv, (Hq/Hkv)*T, D]) with an additive mask for causality: the cached template [1, 1, rows, K+T]
-alone when nothing is padded and there is no window (the usual case; one host read of ``indices.min()`` decides),
+This reference is the spec, and the CPU path wherever the fused kernel (sparse_attention.cpp, see cpu.py) does not
+apply or is switched off. How: the K+T rows of every (b, kv head) are gathered with one flat-row ``index_select``
+per cache into a reused workspace, then ONE SDPA call runs over the packed GQA layout (the Hq/Hkv query heads of a
+KV head folded into the row axis: [B, Hkv, (Hq/Hkv)*T, D]) with an additive mask for causality: the cached
+template [1, 1, rows, K+T] alone when nothing is padded and there is no window (the usual case; one host read of
+``indices.min()`` decides),
 else a per-batch mask [B, 1, rows, K+T] that adds padding and the window cut. Skipping the per-call mask (and its
 parallel add) took the op from 2.84 to 2.71 ms (bf16) and 3.95 to 3.76 ms (fp32) single-threaded, and from 32 to 24
 ms with 2 threads while another job held a core (fewer OpenMP regions to wait on).

@@ -1,6 +1,6 @@
-"""The fused CPU kernel of dustin::sparse_attention (kernels/sparse/cpu.cpp): equal to the float64 oracle on the
-shapes real checkpoints carry (head dims 16..256, GQA ratios 1..7, T = 1..6, padding, sliding windows, cache views),
-the gates that send other inputs to the reference, and the DUSTIN_SPARSE_KERNEL switch."""
+"""The fused CPU kernel of dustin::sparse_attention (kernels/sparse/sparse_attention.cpp): equal to the float64
+oracle on the shapes real checkpoints carry (head dims 16..256, GQA ratios 1..7, T = 1..6, padding, sliding windows,
+cache views), the gates that send other inputs to the reference, and the DUSTIN_CPU_KERNELS switch."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import torch
 from kernel_cases import DTYPES, TOL, attention_oracle, make_attention_case, visible_mask
 
 from dustin.kernels import sparse_attention
+from dustin.kernels import cpu_ext
 from dustin.kernels.sparse import cpu
 from dustin.kernels.sparse import sparse_attention_reference
 
 
 @pytest.fixture(scope="module")
 def built():
-    module = cpu.load()
-    assert module is not None, f"the fused kernel must build on this machine: {cpu.build_error()}"
+    module = cpu_ext.load()
+    assert module is not None, f"the C++ kernels must build on this machine: {cpu_ext.build_error()}"
     return module
 
 
@@ -66,7 +67,7 @@ def test_fused_on_cache_views_and_transposed_q(built):
 
 
 def test_the_op_runs_the_fused_kernel_by_default(built, monkeypatch):
-    monkeypatch.delenv(cpu.ENV, raising=False)
+    monkeypatch.delenv(cpu_ext.ENV, raising=False)
     q, k, v, indices, seq_lens = make_attention_case(2, 8, 2, 64, 5, [300, 100], 32, torch.bfloat16, seed=9)
     calls = []
     real = cpu.sparse_attention_fused
@@ -78,7 +79,7 @@ def test_the_op_runs_the_fused_kernel_by_default(built, monkeypatch):
 
 def test_unsupported_inputs_take_the_reference(monkeypatch):
     """A head dim that is not a multiple of 16 or a cache with D not innermost: the reference, bit for bit."""
-    monkeypatch.delenv(cpu.ENV, raising=False)
+    monkeypatch.delenv(cpu_ext.ENV, raising=False)
     q, k, v, indices, seq_lens = make_attention_case(2, 4, 2, 8, 3, [90, 70], 16, seed=2)
     assert not cpu.supports(q, k, v)
     torch.testing.assert_close(sparse_attention(q, k, v, indices, seq_lens),
@@ -90,13 +91,13 @@ def test_unsupported_inputs_take_the_reference(monkeypatch):
 
 def test_the_switch(built, monkeypatch):
     q, k, v, indices, seq_lens = make_attention_case(2, 8, 2, 64, 5, [300, 100], 32, seed=4)
-    monkeypatch.setenv(cpu.ENV, "reference")
+    monkeypatch.setenv(cpu_ext.ENV, "reference")
     torch.testing.assert_close(sparse_attention(q, k, v, indices, seq_lens),
                                sparse_attention_reference(q, k, v, indices, seq_lens), atol=0, rtol=0)
-    monkeypatch.setenv(cpu.ENV, "fast")
-    with pytest.raises(ValueError, match=r"DUSTIN_SPARSE_KERNEL='fast' is not a choice: use one of auto, reference"):
+    monkeypatch.setenv(cpu_ext.ENV, "fast")
+    with pytest.raises(ValueError, match=r"DUSTIN_CPU_KERNELS='fast' is not a choice: use one of auto, reference"):
         sparse_attention(q, k, v, indices, seq_lens)
-    monkeypatch.setenv(cpu.ENV, "fused")
+    monkeypatch.setenv(cpu_ext.ENV, "fused")
     q8, k8, v8, i8, s8 = make_attention_case(2, 4, 2, 8, 3, [90, 70], 16, seed=2)
     with pytest.raises(ValueError, match="head dim that is a multiple of 16"):
         sparse_attention(q8, k8, v8, i8, s8)

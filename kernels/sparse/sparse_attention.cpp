@@ -1,4 +1,4 @@
-// Fused gather + attention for dustin::sparse_attention on the CPU (cpu.py says when it runs).
+// Fused gather + attention for dustin::sparse_attention on the CPU (kernels/cpu_ext.py says when it runs).
 //
 // One task per (batch row, KV head): gather the selected K and V rows of that head into task-local buffers
 // (software-prefetched: the rows are scattered 256-512 byte reads from a cache that is cold at a decode step), then
@@ -250,5 +250,3 @@ at::Tensor sparse_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   }
   return out.view({batch, q_heads, rows, dim});
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("sparse_attention", &sparse_attention); }
