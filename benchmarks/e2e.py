@@ -23,6 +23,7 @@ the untimed learning run first, then the repeats) beside them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import inspect
 import json
@@ -36,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
 from dustin import assets  # noqa: E402
+from dustin.kernels import cpu_ext  # noqa: E402
 from dustin.flags import add_config_arguments, config_overrides  # noqa: E402
 from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
 from texts import long_prompts  # noqa: E402
@@ -116,9 +118,10 @@ def arm_config(arm: str) -> tuple[dict, bool]:
     ``@q8`` runs every convertible linear of the draft's decode steps on int8 weights (``draft_quant="int8"``; the
     default ``"auto"`` converts only its linears of >= 1 MiB), ``@f32`` keeps the draft as given (``draft_quant=None``),
     ``@b<N>`` sets this arm's sparse ``budget`` (positions per layer), ``@eager`` / ``@inductor`` override
-    ``--backend`` for this arm (to compare both in one run):
+    ``--backend`` for this arm (to compare both in one run), ``@ref`` runs the ops' torch references instead of
+    the C++ CPU kernels (``DUSTIN_CPU_KERNELS=reference`` while the arm runs; see ``cpu_kernels``):
     ``dense@g4``, ``ar@plain``, ``sparse+window@auto``, ``dense@g1@v16384``, ``dense@q8``, ``dense@f32``,
-    ``sparse@b2048``, ``ar@inductor``."""
+    ``sparse@b2048``, ``ar@inductor``, ``sparse@ref``."""
     arm, *tags = arm.split("@")
     overrides = {}
     for tag in tags:
@@ -138,9 +141,11 @@ def arm_config(arm: str) -> tuple[dict, bool]:
             overrides["draft_quant"] = "int8"
         elif tag == "f32":
             overrides["draft_quant"] = None
+        elif tag == "ref":
+            pass  # not a config setting: cpu_kernels() switches the ops' CPU path while the arm runs
         else:
             raise SystemExit(f"--arms: unknown tag @{tag} (use @g<N>, @auto, @plain, @v<K>, @b<N>, @q8, @f32, "
-                             "@eager or @inductor)")
+                             "@ref, @eager or @inductor)")
     if arm.endswith("+window"):
         arm, overrides["draft_kv"] = arm.removesuffix("+window"), "window"
     if arm == "ar":
@@ -150,6 +155,23 @@ def arm_config(arm: str) -> tuple[dict, bool]:
     if arm.startswith("sparse:"):
         return dict(overrides, mode="sparse", selector=arm.split(":", 1)[1]), True
     return dict(overrides, mode=arm), True
+
+
+@contextlib.contextmanager
+def cpu_kernels(arm: str):
+    """``@ref``: the arm runs with ``DUSTIN_CPU_KERNELS=reference`` (the ops read it per call), restored after."""
+    if "ref" not in arm.split("@")[1:]:
+        yield
+        return
+    before = os.environ.get(cpu_ext.ENV)
+    os.environ[cpu_ext.ENV] = "reference"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[cpu_ext.ENV]
+        else:
+            os.environ[cpu_ext.ENV] = before
 
 
 def run_dustin(arm, args, first, ids):
@@ -229,7 +251,8 @@ def main() -> int:
                                      draft_s="", select_s="", verify_s="", other_s="", agree=_agree(seqs, reference, context),
                                      recovery="", note=f"stock SDPA; {total:.1f}s incl. {prefill:.1f}s prefill"))
                     continue
-                model, out, warm_s, spread, trace = run_dustin(arm, args, first, ids)
+                with cpu_kernels(arm):
+                    model, out, warm_s, spread, trace = run_dustin(arm, args, first, ids)
                 if reference is None and arm.split("@")[0] in ("dense", "ar"):
                     reference = out.sequences  # the target's own greedy tokens
                 s = out.stats

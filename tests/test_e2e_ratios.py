@@ -1,4 +1,5 @@
-"""benchmarks/e2e.py's drift guard: ar interleaved between arms, and each arm's ratio to the ar measured around it."""
+"""benchmarks/e2e.py: the drift guard (ar interleaved between arms, each arm's ratio to the ar measured around it) and
+the @ref tag."""
 
 from __future__ import annotations
 
@@ -24,3 +25,21 @@ def test_vs_ar_divides_by_the_mean_of_the_nearest_ar_on_each_side_of_the_same_se
     # dense@4 sits between ar 2 and ar 4 (the 8k ar between them is another setting); x between 4 and 6; hf-ar after
     # the last ar only; each ar against its neighbours; 16k has no ar at all.
     assert got == [2.0 / 4.0, 3.0 / 3.0, "", 4.0 / 4.0, 5.0 / 5.0, 6.0 / 4.0, 1.5 / 6.0, 5.0 / 10.0, ""]
+
+
+def test_ref_tag_runs_an_arm_on_the_torch_references_and_restores_the_switch(monkeypatch):
+    from e2e import arm_config, cpu_kernels
+
+    from dustin.kernels import cpu_ext
+
+    monkeypatch.setenv(cpu_ext.ENV, "fused")
+    assert arm_config("sparse@ref@b1024") == ({"budget": 1024, "mode": "sparse"}, True)
+    with cpu_kernels("sparse@ref"):
+        assert cpu_ext.choice() == "reference"
+    assert cpu_ext.choice() == "fused"
+    with cpu_kernels("sparse@b1024"):
+        assert cpu_ext.choice() == "fused"
+    monkeypatch.delenv(cpu_ext.ENV)
+    with cpu_kernels("dense@ref"):
+        assert cpu_ext.choice() == "reference"
+    assert cpu_ext.choice() == "auto"
