@@ -22,6 +22,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -34,10 +35,12 @@ constexpr int64_t kChunk = 1024;
 template <typename T>
 void run(at::Tensor& out, const at::Tensor& q, const at::Tensor& k, const std::vector<int64_t>& lengths,
          const std::vector<std::pair<int64_t, std::vector<int64_t>>>& groups, int64_t total_rows, double scale_d) {
-  const int64_t batch = q.size(0), rows = q.size(2), dim = q.size(3), capacity = k.size(2);
+  const int64_t batch = q.size(0), rows = q.size(2), dim = q.size(3);
+  // Workspaces span the longest row, not the cache's capacity (a long cache with short rows stays cheap).
+  const int64_t span = *std::max_element(lengths.begin(), lengths.end());
   const float scale = static_cast<float>(scale_d);
   const bool vnni = at::native::cpublas::could_pack(q.scalar_type()) && !std::is_same_v<T, float>;
-  const int64_t chunks = (capacity + kChunk - 1) / kChunk;
+  const int64_t chunks = (span + kChunk - 1) / kChunk;
   // Q^T of each (batch row, group): [D, cols] with the group's rows in the first columns, zero padding (packed for
   // VNNI where the GEMM wants it).
   std::vector<int64_t> cols(groups.size()), first_row(groups.size());
@@ -72,7 +75,8 @@ void run(at::Tensor& out, const at::Tensor& q, const at::Tensor& k, const std::v
     }
   }
   // Kept exp values [B, S, R], and per (b, chunk, r) the chunk max and sum.
-  std::vector<float> kept(batch * capacity * total_rows);
+  // Every entry of kept that phase 3 reads is written in phase 1 (positions < lengths[b]): no zero fill.
+  std::unique_ptr<float[]> kept(new float[std::max<int64_t>(batch * span * total_rows, 1)]);
   std::vector<float> chunk_max(batch * chunks * total_rows, -std::numeric_limits<float>::infinity());
   std::vector<float> chunk_sum(batch * chunks * total_rows, 0.f);
   const T* kp = k.data_ptr<T>();
@@ -94,7 +98,7 @@ void run(at::Tensor& out, const at::Tensor& q, const at::Tensor& k, const std::v
         const int64_t n = static_cast<int64_t>(groups[g].second.size()) * rows;
         float* mx = chunk_max.data() + (b * chunks + c) * total_rows + first_row[g];
         float* sm = chunk_sum.data() + (b * chunks + c) * total_rows + first_row[g];
-        float* keep = kept.data() + (b * capacity + start) * total_rows + first_row[g];
+        float* keep = kept.get() + (b * span + start) * total_rows + first_row[g];
         // Vector loops over the rows r of the group, 16 at a time (padding lanes hold zero logits, never stored).
         for (int64_t r0 = 0; r0 < n; r0 += Vec::size()) {
           const int lanes = static_cast<int>(std::min<int64_t>(Vec::size(), n - r0));
@@ -139,7 +143,7 @@ void run(at::Tensor& out, const at::Tensor& q, const at::Tensor& k, const std::v
       const int64_t start = c * kChunk, stop = std::min(start + kChunk, lengths[b]);
       const float* factor = chunk_max.data() + (b * chunks + c) * total_rows;
       for (int64_t j = start; j < stop; ++j) {
-        const float* e = kept.data() + (b * capacity + j) * total_rows;
+        const float* e = kept.get() + (b * span + j) * total_rows;
         float sum = 0.f;
         for (int64_t r = 0; r < total_rows; ++r) sum += e[r] * factor[r];
         op[b * ob + j] += sum;

@@ -83,3 +83,12 @@ def test_kernel_refuses_lengths_outside_the_cache(built):
     q, k = torch.randn(1, 2, 1, 64), torch.randn(1, 2, 10, 64)
     with pytest.raises(RuntimeError, match=r"seq_lens\[0\] = 11 is outside \[0, 10\]"):
         built.score_heads_into(torch.zeros(1, 10), q, k, torch.tensor([11]), [0], 0.125)
+
+
+def test_short_rows_in_a_long_cache(built):
+    """Workspaces span the longest row: positions past every row's length are neither read nor written."""
+    q, k, seq_lens = _case([5, 40], 8, 2, 64, 2, torch.bfloat16, seed=8, spare=5000)
+    out = torch.full((2, k.shape[2]), 0.25)
+    built.score_heads_into(out, q, k, seq_lens, [0, 7], 64**-0.5)
+    want = scores_oracle(q, k.nan_to_num(), seq_lens, [0, 7])
+    torch.testing.assert_close(out.double() - 0.25, want, atol=SCORE_TOL[torch.bfloat16], rtol=0)
