@@ -21,10 +21,10 @@ apply or is switched off. How: the K+T rows of every (b, kv head) are gathered w
 per cache into a reused workspace, then ONE SDPA call runs over the packed GQA layout (the Hq/Hkv query heads of a
 KV head folded into the row axis: [B, Hkv, (Hq/Hkv)*T, D]) with an additive mask for causality: the cached
 template [1, 1, rows, K+T] alone when nothing is padded and there is no window (the usual case; one host read of
-``indices.min()`` decides),
-else a per-batch mask [B, 1, rows, K+T] that adds padding and the window cut. Skipping the per-call mask (and its
-parallel add) took the op from 2.84 to 2.71 ms (bf16) and 3.95 to 3.76 ms (fp32) single-threaded, and from 32 to 24
-ms with 2 threads while another job held a core (fewer OpenMP regions to wait on).
+``indices.min()`` decides), else a per-batch mask [B, 1, rows, K+T] that adds padding and the window cut. Skipping
+the per-call mask (and its parallel add) took the op from 2.84 to 2.71 ms (bf16) and 3.95 to 3.76 ms (fp32)
+single-threaded, and from 32 to 24 ms with 2 threads while another job held a core (fewer OpenMP regions to wait
+on).
 Alternatives measured and dropped (slower on the CPU; 1 thread, headline shapes B=4, 28/4 heads, d 128, T=5, K=512;
 the older numbers are in the README's kernel notes): converting the gathered rows to fp32 for bmm + softmax + bmm
 (4.5 vs 1.8 ms for the attention part in bf16, 2.7 vs 2.4 in fp32), bf16 matmuls with fp32 softmax (2.4 vs 1.8 ms,
@@ -115,46 +115,6 @@ def _cut_to_window(mask: torch.Tensor, positions: torch.Tensor, first_new: torch
     mask.masked_fill_(hidden.repeat(1, groups, 1)[:, None], float("-inf"))
 
 
-def selection_positions(indices: torch.Tensor, seq_lens: torch.Tensor, rows: int
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The cache positions each batch row reads, ``[B, K + T]`` int64 (a workspace view): the selection, then the
-    new rows; and the padding mask ``[B, K]`` (None when nothing is padded, the usual case: one host read decides).
-    Padding is redirected to the first new row (always written, so finite) and must be masked by the caller; any
-    other row could hold stale data of a rolled-back step."""
-    batch, selected = indices.shape
-    positions = workspace("sparse_attention.positions", (batch, selected + rows), torch.int64, indices.device)
-    first_new = seq_lens.view(batch, 1).to(torch.int64)
-    chosen = positions[:, :selected]
-    chosen.copy_(indices)  # int32 or int64 in, int64 rows out
-    missing = None
-    if indices.numel() > 0 and bool(indices.min() < 0):
-        missing = indices < 0
-        torch.where(missing, first_new, chosen, out=chosen)
-    torch.add(first_new, cached_arange(rows, indices.device), out=positions[:, selected:])
-    return positions, missing
-
-
-def additive_mask(positions: torch.Tensor, missing: torch.Tensor | None, seq_lens: torch.Tensor, groups: int,
-                  rows: int, window: int, dtype: torch.dtype) -> torch.Tensor:
-    """The additive mask over ``positions`` for the packed rows (g * T + t): the cached causal template
-    ``[1, 1, G*T, K+T]`` alone when nothing is padded and there is no window, else ``[B, 1, G*T, K+T]`` (a workspace
-    view) with the padding and the window cut added. 0 / -inf are exact in every dtype."""
-    batch, width = positions.shape
-    selected = width - rows
-    mask = _causal_template(groups, rows, selected, dtype, positions.device)
-    if missing is None and not window:
-        return mask
-    pad = workspace("sparse_attention.pad", (batch, width), dtype, positions.device)
-    pad.zero_()
-    if missing is not None:
-        pad[:, :selected].masked_fill_(missing, float("-inf"))
-    full = workspace("sparse_attention.mask", (batch, 1, groups * rows, width), dtype, positions.device)
-    mask = torch.add(pad.view(batch, 1, 1, width), mask, out=full)
-    if window:
-        _cut_to_window(mask, positions, seq_lens.view(batch, 1).to(torch.int64), window, groups, rows)
-    return mask
-
-
 def sparse_attention_reference(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -168,17 +128,40 @@ def sparse_attention_reference(
     batch, q_heads, rows, dim = q.shape
     kv_heads = k_cache.shape[1]
     groups = q_heads // kv_heads
-    width = indices.shape[1] + rows
+    selected = indices.shape[1]
+    width = selected + rows
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
 
-    positions, missing = selection_positions(indices, seq_lens, rows)
+    # Positions per row of the batch: the selection, then the new rows. Padding is redirected to the first new row
+    # (always written, so finite) and masked below; any other row could hold stale data of a rolled-back step.
+    positions = workspace("sparse_attention.positions", (batch, width), torch.int64, q.device)
+    first_new = seq_lens.view(batch, 1).to(torch.int64)
+    chosen = positions[:, :selected]
+    chosen.copy_(indices)  # int32 or int64 in, int64 rows out
+    padded = indices.numel() > 0 and bool(indices.min() < 0)  # one host read; usually False (a full selection)
+    if padded:
+        missing = indices < 0
+        torch.where(missing, first_new, chosen, out=chosen)
+    torch.add(first_new, cached_arange(rows, q.device), out=positions[:, selected:])
+
     keys = workspace("sparse_attention.keys", (batch, kv_heads, width, dim), k_cache.dtype, q.device)
     values = workspace("sparse_attention.values", (batch, kv_heads, width, dim), v_cache.dtype, q.device)
     ids = _gather(k_cache, positions, keys, None)
     _gather(v_cache, positions, values, ids if v_cache.stride() == k_cache.stride() else None)
 
-    # SDPA broadcasts a [1, 1, G*T, W] template over B and Hkv; a per-batch mask only when padded or windowed.
-    mask = additive_mask(positions, missing, seq_lens, groups, rows, window, q.dtype)
+    # Additive mask = causal template [1, 1, G*T, W] (cached; SDPA broadcasts it over B and Hkv), plus a padding row
+    # [B, 1, 1, W] and the window cut only when needed: 0 / -inf are exact in every dtype.
+    mask = _causal_template(groups, rows, selected, q.dtype, q.device)
+    if padded or window:
+        pad = workspace("sparse_attention.pad", (batch, width), q.dtype, q.device)
+        pad.zero_()
+        if padded:
+            pad[:, :selected].masked_fill_(missing, float("-inf"))
+        full = workspace("sparse_attention.mask", (batch, 1, groups * rows, width), q.dtype, q.device)
+        mask = torch.add(pad.view(batch, 1, 1, width), mask, out=full)
+        if window:
+            _cut_to_window(mask, positions, first_new, window, groups, rows)
+
     packed_q = q.reshape(batch, kv_heads, groups * rows, dim)  # a view for the usual contiguous q
     out = F.scaled_dot_product_attention(packed_q, keys, values, attn_mask=mask, scale=scale)
     return out.reshape(batch, q_heads, rows, dim).contiguous()
