@@ -269,8 +269,7 @@ def kernel_in_use(c: dict) -> str:
     """Which CPU path ``attention`` timed: the fused kernel or the reference (DUSTIN_CPU_KERNELS, build, gates)."""
     if c["q"].device.type != "cpu":
         return "triton"
-    fused = (cpu_ext.choice() != "reference" and sparse_cpu.supports(c["q"], c["k"], c["v"])
-             and cpu_ext.load() is not None)
+    fused = cpu_ext.use_kernel("sparse_attention", sparse_cpu.supports(c["q"], c["k"], c["v"]), sparse_cpu.TAKES)
     return "fused" if fused else "reference"
 
 

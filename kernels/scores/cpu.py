@@ -12,7 +12,7 @@ import torch
 from .. import cpu_ext
 from .reference import score_heads_into_reference
 
-_TAKES = "float32/bfloat16/float16, a head dim that is a multiple of 16, a K cache with unit stride in D"
+TAKES = "float32/bfloat16/float16, a head dim that is a multiple of 16, a K cache with unit stride in D"
 
 
 def supports(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
@@ -24,7 +24,7 @@ def supports(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 def score_heads_into_cpu(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, seq_lens: torch.Tensor,
                          heads: list[int], scale: float | None) -> None:
     """Adds the head-subset scores into ``out`` on the C++ kernel or the reference, as ``DUSTIN_CPU_KERNELS`` says."""
-    if cpu_ext.use_kernel("score_heads", supports(out, q, k_cache), _TAKES):
+    if cpu_ext.use_kernel("score_heads", supports(out, q, k_cache), TAKES):
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
         cpu_ext.load().score_heads_into(out, q, k_cache, seq_lens, list(heads), scale)
         return

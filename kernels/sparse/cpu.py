@@ -11,7 +11,7 @@ import torch
 from .. import cpu_ext
 from .reference import sparse_attention_reference
 
-_TAKES = ("float32/bfloat16/float16, a head dim that is a multiple of 16 and K/V caches with one set of strides and "
+TAKES = ("float32/bfloat16/float16, a head dim that is a multiple of 16 and K/V caches with one set of strides and "
           "unit stride in D")
 
 
@@ -31,6 +31,6 @@ def sparse_attention_fused(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 def sparse_attention_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor,
                          seq_lens: torch.Tensor, scale: float, window: int) -> torch.Tensor:
     """The op's CPU implementation: the fused kernel or the reference, as ``DUSTIN_CPU_KERNELS`` says."""
-    if cpu_ext.use_kernel("sparse_attention", supports(q, k_cache, v_cache), _TAKES):
+    if cpu_ext.use_kernel("sparse_attention", supports(q, k_cache, v_cache), TAKES):
         return sparse_attention_fused(q, k_cache, v_cache, indices, seq_lens, scale, window)
     return sparse_attention_reference(q, k_cache, v_cache, indices, seq_lens, scale, window)
