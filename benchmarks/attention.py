@@ -14,7 +14,8 @@ the CPU is discarded and re-run, the CSV counts them):
             "group" = 4 heads of one KV group (reads 1 group of K), "spread" = one head per KV group (reads 4)
   select    select_tokens(draft, history) once per iteration (draft scores given, as the draft computes them)
   attention dustin::sparse_attention with k = budget selected positions + the T new rows (the op, as compiled
-            graphs call it: no eager validation; on the CPU its fused gather + attention kernel, sparse_attention.cpp)
+            graphs call it: no eager validation; on the CPU its fused gather + attention kernel, sparse_attention.cpp,
+            which the dispatcher reaches in C++ once it is built: kernels/cpu_ext.cpp)
   reference the ops' torch references on the same inputs (sparse attention: gather into a workspace + one packed
             SDPA; estimation: score_heads' reference, "group" heads): the CPU paths before the C++ kernels, and their
             fallback; reference_ratio = reference / attention, and speedup_group_reference = speedup_group with

@@ -2,7 +2,8 @@
 
 The spec is the torch reference (reference.py). CPU tensors go to the fused gather + attention kernel
 (sparse_attention.cpp, built on first use; cpu.py says when it applies, kernels/cpu_ext.py how
-``DUSTIN_CPU_KERNELS`` picks the path), else to the reference; CUDA tensors go to the Triton kernel (triton.py,
+``DUSTIN_CPU_KERNELS`` picks the path; once built, it is also the op's CPU kernel in the dispatcher, so that calls
+skip this module's Python: kernels/cpu_ext.cpp), else to the reference; CUDA tensors go to the Triton kernel (triton.py,
 imported on first use so that importing dustin never imports triton).
 """
 
@@ -45,6 +46,17 @@ def _(q, k_cache, v_cache, indices, seq_lens, scale, window):
 
 
 @_sparse_attention_op.register_fake
+def _(q, k_cache, v_cache, indices, seq_lens, scale, window):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+# Internal: the op's Python CPU path as an op of its own, for the C++ CPU entry of dustin::sparse_attention
+# (kernels/cpu_ext.cpp, registered once the C++ kernels are loaded) to call where it does not run the fused kernel.
+_sparse_attention_cpu_op = torch.library.custom_op("dustin::_sparse_attention_cpu", sparse_attention_cpu,
+                                                   mutates_args=())
+
+
+@_sparse_attention_cpu_op.register_fake
 def _(q, k_cache, v_cache, indices, seq_lens, scale, window):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 

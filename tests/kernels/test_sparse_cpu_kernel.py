@@ -8,6 +8,7 @@ import pytest
 import torch
 from kernel_cases import DTYPES, TOL, attention_oracle, make_attention_case, visible_mask
 
+import dustin.kernels.sparse as sparse_module
 from dustin.kernels import sparse_attention
 from dustin.kernels import cpu_ext
 from dustin.kernels.sparse import cpu
@@ -66,15 +67,39 @@ def test_fused_on_cache_views_and_transposed_q(built):
     torch.testing.assert_close(got, want[1:3], atol=2e-6, rtol=2e-6)
 
 
-def test_the_op_runs_the_fused_kernel_by_default(built, monkeypatch):
+def test_the_op_runs_the_fused_kernel_from_cpp_by_default(built, monkeypatch):
+    """Once built, the kernel is the op's CPU entry in the dispatcher (kernels/cpu_ext.cpp): calls on inputs it takes
+    never enter the op's Python CPU path; the others go there (and to the reference), as before."""
     monkeypatch.delenv(cpu_ext.ENV, raising=False)
-    q, k, v, indices, seq_lens = make_attention_case(2, 8, 2, 64, 5, [300, 100], 32, torch.bfloat16, seed=9)
+    table = torch._C._dispatch_dump("dustin::sparse_attention")
+    assert "CPU: registered at" in table and "AutogradCPU: registered at" in table and "cpu_ext.cpp" in table
     calls = []
-    real = cpu.sparse_attention_fused
-    monkeypatch.setattr(cpu, "sparse_attention_fused", lambda *a: calls.append(1) or real(*a))
+    python_path = sparse_module.sparse_attention_cpu
+    monkeypatch.setattr(sparse_module, "sparse_attention_cpu", lambda *a: calls.append(1) or python_path(*a))
+    q, k, v, indices, seq_lens = make_attention_case(2, 8, 2, 64, 5, [300, 100], 32, torch.bfloat16, seed=9)
+    out = sparse_attention(q, k, v, indices, seq_lens)
+    assert calls == []
+    torch.testing.assert_close(out, cpu.sparse_attention_fused(q, k, v, indices, seq_lens, 64**-0.5, 0), atol=0, rtol=0)
+    torch.testing.assert_close(out, sparse_attention_reference(q, k, v, indices, seq_lens), **TOL[torch.bfloat16])
+    q, k, v, indices, seq_lens = make_attention_case(2, 4, 2, 8, 3, [90, 70], 16, seed=2)  # head dim 8: not taken
     out = sparse_attention(q, k, v, indices, seq_lens)
     assert calls == [1]
-    torch.testing.assert_close(out, sparse_attention_reference(q, k, v, indices, seq_lens), **TOL[torch.bfloat16])
+    torch.testing.assert_close(out, sparse_attention_reference(q, k, v, indices, seq_lens), atol=0, rtol=0)
+
+
+def test_the_cpp_entry_has_no_backward(built):
+    """Like a custom_op without a backward: the forward runs on inputs that require grad (an HF model called outside
+    no_grad), and a backward through the output raises instead of returning no gradient for attention."""
+    q, k, v, indices, seq_lens = make_attention_case(2, 8, 2, 64, 5, [300, 100], 32, seed=3)
+    q.requires_grad_()
+    out = sparse_attention(q, k, v, indices, seq_lens)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), sparse_attention_reference(q.detach(), k, v, indices, seq_lens),
+                               atol=2e-6, rtol=2e-6)
+    with pytest.raises(RuntimeError, match="has no backward"):
+        out.sum().backward()
+    with torch.no_grad():
+        assert not sparse_attention(q, k, v, indices, seq_lens).requires_grad
 
 
 def test_unsupported_inputs_take_the_reference(monkeypatch):
