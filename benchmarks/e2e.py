@@ -15,7 +15,10 @@ draft a sink + recent KV window (``draft_kv="window"``). Every dustin arm shares
 its planner measures every gamma once per context bucket, which a long-lived server pays once), and reports the median decode tokens/s of ``--repeats`` runs
 (prefill excluded; the min-max is in the note), tau, passes,
 the time split, agreement with the ``dense`` arm's greedy tokens, and ``vs_ar``: the ratio to the mean of the
-nearest ``ar`` arms before and after it (``--interleave-ar`` puts one between every two arms; the machine drifts). Prints a table, writes CSV and a PNG plot, and
+nearest ``ar`` arms before and after it (``--interleave-ar`` puts one between every two arms; the machine drifts),
+or with ``--round-robin`` (the repeats run round by round, every arm once per round) the median over rounds of its
+ratio to that round's ``ar``: the tightest comparison a drifting machine allows. Prints a table, writes CSV and a
+PNG plot, and
 for ``gamma="auto"`` arms a JSON of every iteration's choice (context, gamma, why, the predicted tokens/s of each gamma;
 the untimed learning run first, then the repeats) beside them.
 """
@@ -29,6 +32,7 @@ import inspect
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -56,6 +60,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--interleave-ar", action="store_true",
                    help="run an ar arm between every two dustin arms (and first and last), so that each arm's vs_ar "
                         "compares it with ar measured just before and after it: this machine drifts within a run")
+    p.add_argument("--round-robin", action="store_true",
+                   help="run the timed repeats round by round, every arm once per round (ar first), and report "
+                        "vs_ar as the median over rounds of the arm's tokens/s over that round's ar (added first if --arms "
+                        "lacks it): each ratio then compares runs a minute or two apart, not the whole run")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     p.add_argument("--profile", help="calibration profile JSON, or 'none' for dustin's default score heads [the "
                                      "default pair's shipped profile; with --target/--draft: none]")
@@ -63,8 +71,15 @@ def parse() -> argparse.Namespace:
     add_config_arguments(p, ("gamma", "budget", "n_sink", "window", "exact_every", "min_recovery", "draft_kv",
                              "backend", "draft_window", "m", "dense_layers"))
     args = p.parse_args()
+    if args.interleave_ar and args.round_robin:
+        p.error("--round-robin compares every arm with the ar of its own round: leave out --interleave-ar")
     if args.interleave_ar:
         args.arms = interleave_ar(args.arms.split(","))
+    if args.round_robin:
+        arms = args.arms.split(",")
+        if len(set(arms)) != len(arms):
+            p.error(f"--round-robin runs each arm once per round: name each once (--arms {args.arms})")
+        args.arms = ",".join(["ar"] + [a for a in arms if a != "ar"])  # ar first in every round, added if missing
     check_pair_arguments(p, args, resolve=False)  # resolve_pair fills in the default pair and its profile
     args.config = dustin.DustinConfig(**config_overrides(args))  # DustinConfig's defaults for what is not given
     return args
@@ -91,6 +106,20 @@ def vs_ar(rows: list[dict]) -> None:
         around = [max((j for j in same if j < i), default=None), min((j for j in same if j > i), default=None)]
         rates = [rows[j]["decode_tps"] for j in around if j is not None]
         row["vs_ar"] = row["decode_tps"] / (sum(rates) / len(rates)) if rates else ""
+
+
+def vs_ar_by_round(rows: list[dict], rates: dict[str, list[float]]) -> None:
+    """``--round-robin``: each row's ``vs_ar`` is the median over rounds of its tokens/s over the ``ar`` of the same
+    round (``rates``: arm -> tokens/s per round, in round order, for one (context, batch)); the ratios go in the
+    note. A row run once outside the rounds (``hf-*``) is divided by the median ``ar``."""
+    ar = rates["ar"]
+    for row in rows:
+        if row["arm"] not in rates:
+            row["vs_ar"] = row["decode_tps"] / statistics.median(ar)
+            continue
+        ratios = [mine / plain for mine, plain in zip(rates[row["arm"]], ar)]
+        row["vs_ar"] = statistics.median(ratios)
+        row["note"] += "; vs_ar by round " + " ".join(f"{r:.2f}" for r in ratios)
 
 
 def resolve_pair(args) -> None:
@@ -174,23 +203,39 @@ def cpu_kernels(arm: str):
             os.environ[cpu_ext.ENV] = before
 
 
-def run_dustin(arm, args, first, ids):
-    """One arm on ``first``'s caches (``with_config``: the prompts are prefilled once, by the first arm)."""
+def prepare_dustin(arm, args, first, ids) -> dict:
+    """One arm on ``first``'s caches (``with_config``: the prompts are prefilled once, by the first arm), compiled,
+    and for ``gamma="auto"`` after one untimed run in which its planner learns its costs (as a long-lived server
+    would); ``runs`` collects its timed runs."""
     overrides, use_draft = arm_config(arm)
     model = first.with_config(**overrides)
+    entry = dict(arm=arm, model=model, use_draft=use_draft, learning=[], runs=[])
     start = time.perf_counter()
     model.warmup(ids, max_new_tokens=args.new_tokens, use_draft=use_draft)  # prefill (first arm) + compiles
-    learning = []
-    if model.config.adaptive and use_draft:  # gamma="auto" learns its costs once, as a long-lived server would
-        learning.append(model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft))
-    warm_s = time.perf_counter() - start
-    # Repeats run back to back on the prefilled cache (no prefill inside them); the median run is reported.
-    runs = [model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft)
-            for _ in range(args.repeats)]
-    decisions = [out.stats.decisions for out in learning + runs]  # gamma="auto": in run order, learning first
-    runs.sort(key=lambda out: out.stats.decode_tokens_per_second)
+    if model.config.adaptive and use_draft:
+        entry["learning"].append(generate_once(entry, args, ids))
+    entry["warm_s"] = time.perf_counter() - start
+    return entry
+
+
+def generate_once(entry, args, ids):
+    """One timed run of an arm, on the prefilled cache (no prefill inside it)."""
+    return entry["model"].generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=entry["use_draft"])
+
+
+def run_dustin(arm, args, first, ids) -> dict:
+    """An arm prepared, then its ``--repeats`` timed runs back to back."""
+    entry = prepare_dustin(arm, args, first, ids)
+    entry["runs"] = [generate_once(entry, args, ids) for _ in range(args.repeats)]
+    return entry
+
+
+def summarize(entry):
+    """(model, the median run, warm-up seconds, the runs' tokens/s range, gamma="auto" decisions in run order)."""
+    decisions = [out.stats.decisions for out in entry["learning"] + entry["runs"]]
+    runs = sorted(entry["runs"], key=lambda out: out.stats.decode_tokens_per_second)
     spread = f"{runs[0].stats.decode_tokens_per_second:.2f}-{runs[-1].stats.decode_tokens_per_second:.2f}"
-    return model, runs[len(runs) // 2], warm_s, spread, decisions
+    return entry["model"], runs[len(runs) // 2], entry["warm_s"], spread, decisions
 
 
 def run_hf(arm, args, target, draft, ids):
@@ -240,6 +285,18 @@ def main() -> int:
                 prefills[(context, batch)] = time.perf_counter() - start
                 print(f"[{context} x {batch}] shared prefill: {prefills[(context, batch)]:.1f} s", file=sys.stderr)
             reference = None
+            entries = {}
+            if args.round_robin:  # every arm prepared first, then the timed runs round by round
+                for arm in (a for a in args.arms.split(",") if not a.startswith("hf-")):
+                    print(f"[{context} x {batch}] preparing {arm} ...", file=sys.stderr, flush=True)
+                    with cpu_kernels(arm):
+                        entries[arm] = prepare_dustin(arm, args, first, ids)
+                for n in range(args.repeats):
+                    print(f"[{context} x {batch}] round {n + 1} of {args.repeats} ...", file=sys.stderr, flush=True)
+                    for arm, entry in entries.items():
+                        with cpu_kernels(arm):
+                            entry["runs"].append(generate_once(entry, args, ids))
+            setting_rows = []
             for arm in args.arms.split(","):
                 print(f"[{context} x {batch}] {arm} ...", file=sys.stderr, flush=True)
                 if arm.startswith("hf-"):
@@ -247,28 +304,37 @@ def main() -> int:
                         continue
                     seqs, total, prefill = run_hf(arm, args, target, draft, ids)
                     tps = (args.new_tokens - 1) / max(total - prefill, 1e-9)  # the prefill yields the first token
-                    rows.append(dict(context=context, batch=batch, arm=arm, decode_tps=tps, tau="", per_pass="", target_passes="",
-                                     draft_s="", select_s="", verify_s="", other_s="", agree=_agree(seqs, reference, context),
-                                     recovery="", note=f"stock SDPA; {total:.1f}s incl. {prefill:.1f}s prefill"))
+                    setting_rows.append(dict(context=context, batch=batch, arm=arm, decode_tps=tps, tau="", per_pass="",
+                                             target_passes="", draft_s="", select_s="", verify_s="", other_s="",
+                                             agree=_agree(seqs, reference, context), recovery="",
+                                             note=f"stock SDPA; {total:.1f}s incl. {prefill:.1f}s prefill"))
                     continue
-                with cpu_kernels(arm):
-                    model, out, warm_s, spread, trace = run_dustin(arm, args, first, ids)
+                if arm not in entries:
+                    with cpu_kernels(arm):
+                        entries[arm] = run_dustin(arm, args, first, ids)
+                model, out, warm_s, spread, trace = summarize(entries[arm])
                 if reference is None and arm.split("@")[0] in ("dense", "ar"):
                     reference = out.sequences  # the target's own greedy tokens
                 s = out.stats
-                rows.append(dict(context=context, batch=batch, arm=arm, decode_tps=s.decode_tokens_per_second,
-                                 tau=s.tau, per_pass=s.tokens_per_pass, target_passes=s.target_passes, draft_s=s.time_draft,
-                                 select_s=s.time_select, verify_s=s.time_verify, other_s=s.time_other,
-                                 agree=_agree(out.sequences, reference, context),
-                                 recovery=sum(s.recovery) / len(s.recovery) if s.recovery else "",
-                                 note=f"median of {args.repeats} (tok/s {spread}); warm-up {warm_s:.1f}s"
-                                      + (f"; draft {model.draft_quant or 'as given'}" if arm_config(arm)[1] else "")
-                                      + _gamma_note(s)))
-                print(_format([rows[-1]]), file=sys.stderr)
+                setting_rows.append(dict(context=context, batch=batch, arm=arm, decode_tps=s.decode_tokens_per_second,
+                                         tau=s.tau, per_pass=s.tokens_per_pass, target_passes=s.target_passes,
+                                         draft_s=s.time_draft, select_s=s.time_select, verify_s=s.time_verify,
+                                         other_s=s.time_other, agree=_agree(out.sequences, reference, context),
+                                         recovery=sum(s.recovery) / len(s.recovery) if s.recovery else "",
+                                         note=f"median of {args.repeats} (tok/s {spread}); warm-up {warm_s:.1f}s"
+                                              + (f"; draft {model.draft_quant or 'as given'}" if arm_config(arm)[1]
+                                                 else "") + _gamma_note(s)))
+                print(_format([setting_rows[-1]]), file=sys.stderr)
                 if model.planner is not None and arm_config(arm)[1]:
                     print(_planner_costs(model.planner, context), file=sys.stderr)
                     decisions[f"{context}x{batch} {arm}"] = trace
-    vs_ar(rows)
+            if args.round_robin:
+                vs_ar_by_round(setting_rows, {arm: [out.stats.decode_tokens_per_second for out in entry["runs"]]
+                                              for arm, entry in entries.items()})
+            rows += setting_rows
+            entries.clear()
+    if not args.round_robin:
+        vs_ar(rows)
     report(rows, args, prefills, decisions)
     return 0
 

@@ -43,3 +43,15 @@ def test_ref_tag_runs_an_arm_on_the_torch_references_and_restores_the_switch(mon
     with cpu_kernels("dense@ref"):
         assert cpu_ext.choice() == "reference"
     assert cpu_ext.choice() == "auto"
+
+
+def test_vs_ar_by_round_is_the_median_of_the_ratios_to_each_rounds_ar():
+    from e2e import vs_ar_by_round
+
+    rows = [dict(arm=a, decode_tps=t, note="n") for a, t in [("ar", 3.0), ("dense", 4.0), ("hf-assisted", 1.0)]]
+    # The ar drifts from 2 to 4 over the rounds; dense tracks it at 1.5x except in one round: the per-round ratios are
+    # 1.5, 1.5 and 1.0 (median 1.5), where the medians' ratio (3.5 / 3) would say 1.17.
+    vs_ar_by_round(rows, {"ar": [2.0, 3.0, 4.0], "dense": [3.0, 4.5, 4.0]})
+    assert [r["vs_ar"] for r in rows] == [1.0, 1.5, 1.0 / 3.0]
+    assert rows[1]["note"] == "n; vs_ar by round 1.50 1.50 1.00"
+    assert rows[2]["note"] == "n"  # run once, outside the rounds: against the median ar
