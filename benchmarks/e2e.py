@@ -20,7 +20,8 @@ or with ``--round-robin`` (the repeats run round by round, every arm once per ro
 ratio to that round's ``ar``: the tightest comparison a drifting machine allows. Prints a table, writes CSV and a
 PNG plot, and
 for ``gamma="auto"`` arms a JSON of every iteration's choice (context, gamma, why, the predicted tokens/s of each gamma;
-the untimed learning run first, then the repeats) beside them.
+the untimed learning run first, then the repeats) beside them, and one of each such arm's planner at its end
+(acceptance per draft position, ms per step by kind and rows: what the choices were made from).
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def main() -> int:
     resolve_pair(args)
     target, draft, tokenizer = load(args)
     profile = dustin.DustinProfile.load(args.profile) if args.profile else None
-    rows, prefills, decisions = [], {}, {}
+    rows, prefills, decisions, planners = [], {}, {}, {}
     for context in args.context:
         for batch in args.batch:
             ids = torch.tensor(long_prompts(tokenizer, context, batch))
@@ -326,7 +327,8 @@ def main() -> int:
                                                  else "") + _gamma_note(s)))
                 print(_format([setting_rows[-1]]), file=sys.stderr)
                 if model.planner is not None and arm_config(arm)[1]:
-                    print(_planner_costs(model.planner, context), file=sys.stderr)
+                    planners[f"{context}x{batch} {arm}"] = _planner_table(model.planner, context)
+                    print(_planner_costs(planners[f"{context}x{batch} {arm}"]), file=sys.stderr)
                     decisions[f"{context}x{batch} {arm}"] = trace
             if args.round_robin:
                 vs_ar_by_round(setting_rows, {arm: [out.stats.decode_tokens_per_second for out in entry["runs"]]
@@ -335,20 +337,25 @@ def main() -> int:
             entries.clear()
     if not args.round_robin:
         vs_ar(rows)
-    report(rows, args, prefills, decisions)
+    report(rows, args, prefills, decisions, planners)
     return 0
 
 
-def _planner_costs(planner, context) -> str:
-    """gamma="auto": what its model holds at this context (ms per step by kind and rows; acceptance per position):
-    the numbers behind its choices, for a reader asking why it chose what it chose."""
-    kinds = sorted({k for k, _, _ in planner.costs})
-    lines = [f"  planner at {context}: acceptance per draft position "
-             + " ".join(f"{a:.2f}" for a in planner.alphas())]
-    for kind in kinds:
-        steps = " ".join(f"{rows}:{1e3 * cost:.0f}" for rows in range(0, planner.gamma_max + 2)
-                         if (cost := planner.cost(kind, rows, context)) is not None and (rows or kind == "draft"))
-        lines.append(f"  {kind:<12} ms by rows  {steps}")
+def _planner_table(planner, context) -> dict:
+    """gamma="auto": what its model holds at this context (acceptance per draft position; ms per step by kind and
+    rows): the numbers behind its choices, for a reader asking why it chose what it chose."""
+    costs = {}
+    for kind in sorted({k for k, _, _ in planner.costs}):
+        costs[kind] = {rows: 1e3 * cost for rows in range(0, planner.gamma_max + 2)
+                       if (cost := planner.cost(kind, rows, context)) is not None and (rows or kind == "draft")}
+    return dict(context=context, acceptance=planner.alphas(), ms_by_rows=costs)
+
+
+def _planner_costs(table: dict) -> str:
+    lines = [f"  planner at {table['context']}: acceptance per draft position "
+             + " ".join(f"{a:.2f}" for a in table["acceptance"])]
+    for kind, steps in table["ms_by_rows"].items():
+        lines.append(f"  {kind:<12} ms by rows  " + " ".join(f"{rows}:{ms:.0f}" for rows, ms in steps.items()))
     return "\n".join(lines)
 
 
@@ -386,7 +393,7 @@ def _format(rows) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(t, widths)) for t in table)
 
 
-def report(rows, args, prefills, decisions) -> None:
+def report(rows, args, prefills, decisions, planners) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     cfg = args.config
@@ -406,6 +413,10 @@ def report(rows, args, prefills, decisions) -> None:
             json.dump({arm: [[dict(context=c, gamma=g, why=w, rates=r) for c, g, w, r in run] for run in runs]
                        for arm, runs in decisions.items()}, f)
         print(f"gamma=auto decisions: {path}")
+        path = os.path.join(args.out, f"e2e-{stamp}-planner.json")
+        with open(path, "w") as f:
+            json.dump(planners, f, indent=1)
+        print(f"gamma=auto planner tables at the end of each arm: {path}")
     try:
         import matplotlib
 

@@ -55,3 +55,20 @@ def test_vs_ar_by_round_is_the_median_of_the_ratios_to_each_rounds_ar():
     assert [r["vs_ar"] for r in rows] == [1.0, 1.5, 1.0 / 3.0]
     assert rows[1]["note"] == "n; vs_ar by round 1.50 1.50 1.00"
     assert rows[2]["note"] == "n"  # run once, outside the rounds: against the median ar
+
+
+def test_planner_table_holds_what_the_planner_measured_and_prints_it():
+    from e2e import _planner_costs, _planner_table
+
+    from dustin.adaptive import GammaPlanner
+
+    planner = GammaPlanner(gamma_max=2)
+    planner.record_cost("draft", 1, 4096, 0.1)
+    planner.record_cost("verify", 2, 4096, 0.3)
+    planner.record_acceptance(2, [2])
+    table = _planner_table(planner, 4096)
+    assert table["context"] == 4096 and len(table["acceptance"]) == 2
+    assert table["ms_by_rows"]["draft"][1] == 100.0
+    assert table["ms_by_rows"]["verify"][2] == 300.0  # every measured (kind, rows) at this context's bucket
+    text = _planner_costs(table)
+    assert "draft        ms by rows" in text and "2:300" in text
