@@ -72,3 +72,15 @@ def test_planner_table_holds_what_the_planner_measured_and_prints_it():
     assert table["ms_by_rows"]["verify"][2] == 300.0  # every measured (kind, rows) at this context's bucket
     text = _planner_costs(table)
     assert "draft        ms by rows" in text and "2:300" in text
+
+
+def test_planner_ceiling_solves_for_the_acceptance_a_target_needs():
+    from planner_ceiling import acceptance_needed, planner_from
+
+    # One draft position: a draft step of 100 ms, a 1- or 2-row verification of 300 ms, ar at 1 / 0.3 s. gamma = 1
+    # commits 1 + a tokens per 0.4 s: 1.2x ar (4 tok/s) needs a = 0.6; 2x ar (6.67 tok/s) is out of reach (a <= 1).
+    table = dict(context=4096, acceptance=[0.5], ms_by_rows={"draft": {"0": 0.0, "1": 100.0},
+                                                             "verify": {"1": 300.0, "2": 300.0}})
+    assert abs(planner_from(table).predict(4096)[1] - 1.5 / 0.4) < 1e-9
+    assert abs(acceptance_needed(table, 1.2 / 0.3, "verify") - 0.6) < 1e-6
+    assert acceptance_needed(table, 2.0 / 0.3, "verify") is None
