@@ -29,7 +29,9 @@ the catch-up would cost more than ``PROBE_BUDGET`` of the time plain decoding st
 more often: where the runner-up's predicted rate is within a share ``gap`` of the best's, the runner-up is taken every
 ``max(2, gap / REFRESH_LOSS)`` choices, which costs at most ``REFRESH_LOSS`` of the rate and keeps both costs current
 (otherwise the loser keeps a cost measured once, in a slower moment of a machine whose speed drifts). A cost not
-measured at this bucket is interpolated (or borrowed from the nearest bucket). The planner lives on the model, so what
+re-measured for ``STALE_AFTER`` choices is stale: its next measurement replaces it, and while speculation is best
+the probes re-measure the stalest gamma first (an abandoned gamma's cost from a slow moment would otherwise stand for
+the rest of the run). A cost not measured at this bucket is interpolated (or borrowed from the nearest bucket). The planner lives on the model, so what
 one ``generate`` call learnt serves the next.
 
 Exact mode also chooses how to verify (``choose_verification``, whenever every token is final): densely (the
@@ -83,6 +85,13 @@ PROBE_BUDGET = 0.05
 # real pair at 4k (AMX host) gamma = 2 won 30 of 32 iterations on gamma = 1 costs 12 % above those a fixed gamma = 1
 # arm measured in the same run, and ran 0.88x that arm.
 REFRESH_LOSS = 0.01
+# A cost not measured for STALE_AFTER informed choices is stale: the machine it was measured on has drifted since. The
+# next measurement replaces it instead of being averaged into it (DECAY would keep 70 % of a value from another
+# moment), and while the best gamma is speculative, a probe re-measures the stalest other gamma instead of a
+# neighbour. Without it, on the real pair at 4k (AMX host, round-robin run), gamma = 1 and 2 were measured during a
+# slow spell (2- and 3-row verifications at 530 / 575 ms; the fixed-gamma arms of the same run measured 328 / 343 ms),
+# were never chosen again, and gamma="auto" ran gamma = 3 and 4 for the rest of the run: 0.88x the best fixed gamma.
+STALE_AFTER = 2 * PROBE_EVERY
 PRIOR_CHECKED, PRIOR_ROLLED = 10.0, 1.0  # exact mode: a provisional token starts 10 % likely to be rolled back
 # Exact mode probes the other way of verifying more rarely: a sparse probe is a whole run of provisional tokens and a
 # check (~exact_every tokens of work plus one wide dense pass), not one iteration. Probing every 16 choices cost
@@ -110,7 +119,9 @@ class GammaPlanner:
     checked: float = PRIOR_CHECKED  # exact mode: provisional tokens a check examined (moving sum) ...
     rolled: float = PRIOR_ROLLED  # ... and how many of them it rolled back
     segments: int = 0  # exact mode: informed verification choices so far
-    # Why the last choice was made: {"why": "explore" | "best" | "bound" | "catch-up" | "probe" | "refresh", "rates":
+    measured_at: dict[tuple[str, int, int], int] = field(default_factory=dict)  # key of costs -> choices then
+    # Why the last choice was made: {"why": "explore" | "best" | "bound" | "catch-up" | "probe" | "stale" | "refresh",
+    # "rates":
     # gamma -> predicted tokens/s per row}; GenerateStats.decisions keeps one per iteration.
     last: dict = field(default_factory=dict)
 
@@ -122,7 +133,9 @@ class GammaPlanner:
     def record_cost(self, kind: str, rows: int, context: int, seconds: float) -> None:
         key = (kind, rows, context_bucket(context))
         old = self.costs.get(key)
-        self.costs[key] = seconds if old is None else (1 - DECAY) * old + DECAY * seconds
+        fresh = old is not None and self.choices - self.measured_at.get(key, self.choices) < STALE_AFTER
+        self.costs[key] = (1 - DECAY) * old + DECAY * seconds if fresh else seconds
+        self.measured_at[key] = self.choices
 
     def record_acceptance(self, gamma: int, accepted: list[int]) -> None:
         """One iteration's outcome: ``accepted[b]`` drafts of ``gamma`` accepted in active row b. Position i was
@@ -252,16 +265,32 @@ class GammaPlanner:
                 return runner, rates[runner]
         if self.since_probe >= PROBE_EVERY << self.backoff and self.probe_affordable(best, rates[0], lag, remaining,
                                                                                     context):
-            # A probe: a neighbour of the best, alternating sides.
+            # A probe: the stalest other gamma where one is stale and the best speculates, else a neighbour of the
+            # best, alternating sides.
             self.since_probe, self.probes = 0, self.probes + 1
-            if not best:
-                self.backoff = min(self.backoff + 1, MAX_BACKOFF)
-            side = 1 if self.probes % 2 else -1
-            if not 0 <= best + side <= self.gamma_max:
-                side = -side  # at an end of the range: its one neighbour
-            best, why = best + side, "probe"
+            stale = self.stalest(kind, context, best) if best else None
+            if stale is not None:
+                best, why = stale, "stale"
+            else:
+                if not best:
+                    self.backoff = min(self.backoff + 1, MAX_BACKOFF)
+                side = 1 if self.probes % 2 else -1
+                if not 0 <= best + side <= self.gamma_max:
+                    side = -side  # at an end of the range: its one neighbour
+                best, why = best + side, "probe"
         self.last = {"why": why, "rates": rates}
         return best, rates[best]
+
+    def stalest(self, kind: str, context: int, best: int) -> int | None:
+        """The gamma other than ``best`` whose ``kind`` verification at this context's bucket was measured longest
+        ago, if that is at least STALE_AFTER choices ago (ties: the one nearest ``best``); else None."""
+        bucket = context_bucket(context)
+        ages = {g: self.choices - self.measured_at.get((kind, g + 1, bucket), self.choices)
+                for g in range(self.gamma_max + 1) if g != best and (kind, g + 1, bucket) in self.costs}
+        if not ages:
+            return None
+        gamma = max(ages, key=lambda g: (ages[g], -abs(g - best)))
+        return gamma if ages[gamma] >= STALE_AFTER else None
 
     def probe_affordable(self, best: int, plain: float, lag: int, remaining: int | None, context: int) -> bool:
         """A probe out of a gamma = 0 streak first pays the draft's catch-up on ``lag`` tokens: allowed only while

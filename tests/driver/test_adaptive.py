@@ -192,7 +192,9 @@ def test_probes_keep_a_gamma_zero_streak_learning():
     for _ in range(2 * PROBE_EVERY):
         picks.append(planner.choose(3000)[0])
         whys.append(planner.last["why"])
-    assert whys.count("probe") == 2  # the period is back to PROBE_EVERY ...
+    # Nothing is re-measured here, so the second probe finds every cost stale: it takes the stalest gamma, the
+    # neighbour by the tie-break.
+    assert whys.count("probe") + whys.count("stale") == 2  # the period is back to PROBE_EVERY ...
     assert picks.count(3) == 2 + whys.count("refresh")  # ... (3 is also gamma = 4's close runner-up: 0.86 of it)
 
 
@@ -204,8 +206,9 @@ def test_a_close_call_refreshes_the_runner_up_within_its_loss_bound(second):
     context = 3000
     planner.tried, planner.accepted = [SURE] * 2, [0.5 * SURE] * 2  # E = 1, 1.5, 1.75
     # gamma = 1 at 1.5 tok/s is best; gamma = 2 at `second` of that; gamma = 0 far behind (0.5 tok/s).
-    for key, seconds in {("verify", 1): 2.0, ("verify", 2): 1.0, ("verify", 3): 1.75 / (1.5 * second) - 0.5,
-                         ("draft", 1): 0.0, ("draft", 2): 0.5, ("other", 1): 0.0}.items():
+    costs = {("verify", 1): 2.0, ("verify", 2): 1.0, ("verify", 3): 1.75 / (1.5 * second) - 0.5,
+             ("draft", 1): 0.0, ("draft", 2): 0.5, ("other", 1): 0.0}
+    for key, seconds in costs.items():
         planner.record_cost(*key, context, seconds)
     rates = planner.predict(context)
     assert rates[2] / rates[1] == pytest.approx(second) and rates[0] < rates[2]
@@ -214,11 +217,12 @@ def test_a_close_call_refreshes_the_runner_up_within_its_loss_bound(second):
     for _ in range(count):
         picks.append(planner.choose(context)[0])
         whys.append(planner.last["why"])
+        planner.record_cost("verify", picks[-1] + 1, context, costs["verify", picks[-1] + 1])  # as the driver does
     refreshes = [i for i, why in enumerate(whys) if why == "refresh"]
     assert all(picks[i] == 2 for i in refreshes)
     gap = 1 - second
-    if gap / REFRESH_LOSS > PROBE_EVERY:  # far: only the probes (every PROBE_EVERY-th, alternating sides)
-        assert not refreshes and picks.count(2) == 2 and picks.count(0) == 2
+    if gap / REFRESH_LOSS > PROBE_EVERY:  # far: only the probes (every PROBE_EVERY-th, alternating sides: each side
+        assert not refreshes and picks.count(2) == 2 and picks.count(0) == 2  # is the stalest when its turn comes)
     else:
         period = max(2, math.ceil(gap / REFRESH_LOSS))
         assert len(refreshes) == count // period
@@ -250,6 +254,38 @@ def test_a_stale_cost_of_the_runner_up_is_corrected():
         if gamma:
             planner.record_cost("draft", gamma, context, true["draft", gamma])
     assert 1 in picks[:10] and picks[20:].count(1) >= 15
+
+
+def test_an_abandoned_gammas_stale_cost_is_remeasured():
+    """A replay of the real pair at 4k (AMX host, round-robin run, 2026-12-06): gamma = 1..3 were measured in a slow
+    spell (verifications of 2-4 rows at 530-575 ms; the fixed-gamma arms of the same run: 328-370 ms) and gamma = 4
+    won on those costs. Neighbour probes of gamma = 4 only ever re-measure gamma = 3, and DECAY moves an abandoned
+    cost by 30 % per probe: the planner must re-measure every stale gamma (replacing, not averaging, its cost) and end
+    on the true best (gamma = 2, gamma = 3 at 0.99 of it, gamma = 4 at 0.89)."""
+    planner, context = GammaPlanner(4), 4096
+    planner.tried, planner.accepted = [SURE] * 4, [a * SURE for a in (0.73, 0.79, 0.67, 0.72)]
+    true = {("verify", 1): 0.317, ("verify", 2): 0.328, ("verify", 3): 0.343, ("verify", 4): 0.370,
+            ("verify", 5): 0.424, ("draft", 1): 0.089, ("draft", 2): 0.173, ("draft", 3): 0.238, ("draft", 4): 0.323,
+            ("other", 1): 0.001}
+    slow = {**true, ("verify", 2): 0.530, ("verify", 3): 0.575, ("verify", 4): 0.560, ("draft", 2): 0.276,
+            ("draft", 3): 0.330}
+    for (kind, rows), seconds in slow.items():
+        planner.record_cost(kind, rows, context, seconds)
+    rate = {g: planner.expected_tokens(g) / (true["verify", g + 1] + true.get(("draft", g), 0.0) + 0.001)
+            for g in range(5)}
+    assert max(rate, key=rate.get) == 2 and planner.choose(context)[0] == 4  # the stale costs hide gamma = 1..3
+    picks = []
+    for _ in range(6 * PROBE_EVERY):
+        gamma = planner.choose(context)[0]
+        picks.append(gamma)
+        planner.record_cost("verify", gamma + 1, context, true["verify", gamma + 1])
+        if gamma:
+            planner.record_cost("draft", gamma, context, true["draft", gamma])
+    for gamma in range(5):  # every gamma's cost is current again
+        assert planner.iteration_time(gamma, context) == pytest.approx(1 / rate[gamma] * planner.expected_tokens(gamma),
+                                                                       rel=0.02)
+    last = picks[-2 * PROBE_EVERY:]
+    assert sum(rate[g] for g in last) / len(last) >= 0.97 * rate[2]
 
 
 @pytest.mark.parametrize("lag", [1, 10, 19, 20, 21, 60])
