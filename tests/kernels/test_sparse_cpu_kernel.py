@@ -8,7 +8,6 @@ import pytest
 import torch
 from kernel_cases import DTYPES, TOL, attention_oracle, make_attention_case, visible_mask
 
-import dustin.kernels.sparse as sparse_module
 from dustin.kernels import sparse_attention
 from dustin.kernels import cpu_ext
 from dustin.kernels.sparse import cpu
@@ -73,9 +72,9 @@ def test_the_op_runs_the_fused_kernel_from_cpp_by_default(built, monkeypatch):
     monkeypatch.delenv(cpu_ext.ENV, raising=False)
     table = torch._C._dispatch_dump("dustin::sparse_attention")
     assert "CPU: registered at" in table and "AutogradCPU: registered at" in table and "cpu_ext.cpp" in table
-    calls = []
-    python_path = sparse_module.sparse_attention_cpu
-    monkeypatch.setattr(sparse_module, "sparse_attention_cpu", lambda *a: calls.append(1) or python_path(*a))
+    calls = []  # every call of the op's Python CPU path asks cpu_ext.use_kernel which path to take
+    use_kernel = cpu_ext.use_kernel
+    monkeypatch.setattr(cpu_ext, "use_kernel", lambda *a: calls.append(1) or use_kernel(*a))
     q, k, v, indices, seq_lens = make_attention_case(2, 8, 2, 64, 5, [300, 100], 32, torch.bfloat16, seed=9)
     out = sparse_attention(q, k, v, indices, seq_lens)
     assert calls == []
