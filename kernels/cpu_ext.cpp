@@ -5,7 +5,8 @@
 // Why register it: the op is a torch.library.custom_op, whose CPU path is Python (an autograd layer, a device switch,
 // an aliasing check, then kernels/sparse/cpu.py). On a warm machine that costs ~20 us a call; at a decode step, where
 // a layer's weights (or the dense arm of benchmarks/attention.py) have just streamed through the CPU caches, it cost
-// 0.2-0.5 ms a call at the 7B geometry, a fifth of the kernel. Once this module is loaded (on the first CPU call,
+// 0.03-0.37 ms a call at the 7B geometry (about 0.2 typically; benchmarks/attention_dispatch.py), up to a sixth of
+// the kernel. Once this module is loaded (on the first CPU call,
 // kernels/cpu_ext.py), torch.ops.dustin.sparse_attention on CPU tensors reaches the kernel in C++: the AutogradCPU
 // and CPU entries below take precedence over the custom_op's Python entries (registered for the Autograd and
 // CompositeExplicitAutograd alias keys) for CPU tensors only.
