@@ -344,6 +344,9 @@ def main() -> int:
 def _planner_table(planner, context) -> dict:
     """gamma="auto": what its model holds at this context (acceptance per draft position; ms per step by kind and
     rows): the numbers behind its choices, for a reader asking why it chose what it chose."""
+    # The full batch's costs (what most choices were made from; a batch's last iterations, with rows finished, keep
+    # their own table and the driver resets the count at the next choice).
+    planner.live, planner.tail = max(planner.tables, default=planner.live), False
     costs = {}
     for kind in sorted({k for k, _, _ in planner.costs}):
         costs[kind] = {rows: 1e3 * cost for rows in range(0, planner.gamma_max + 2)

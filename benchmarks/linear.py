@@ -6,8 +6,10 @@ Per linear: every distinct linear of the real pair (q/k/v/o, gate/up/down, lm_he
 of its model's layers in turn (the weights leave the cache as in a real step), 1 row with ``F.linear`` against
 ``--rows`` rows with ``F.linear`` and with MKL's packed GEMM (passes/linear.py). Per step: the target's compiled
 dense verification graph (``backend="eager"``) at ``--context`` cached tokens, batch 1, 1 row against each of
-``--rows`` rows, with ``linear="plain"`` and ``linear="auto"`` (what dustin does by default). Ratios are medians of
-``--repeats`` within this one run. Writes a CSV and a PNG under ``--out``. ``--dtype bfloat16`` measures the models in
+``--rows`` rows, with ``linear="plain"`` and ``linear="auto"`` (what dustin does by default). Every ratio is paired:
+each of ``--repeats`` rounds times the one-row call and then each multi-row call back to back, and the ratio reported
+is the median over rounds of that round's ratio (this host drifts by more than a small linear's 5-row margin between
+two separate medians). Writes a CSV and a PNG under ``--out``. ``--dtype bfloat16`` measures the models in
 bf16 (plain ``F.linear`` only: the packed GEMM is fp32; CPUs with AMX run bf16 multi-row GEMMs near one-row cost).
 """
 
@@ -17,6 +19,7 @@ import argparse
 import csv
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -25,7 +28,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
 from dustin.kernels import pack_weight  # noqa: E402
-from dustin.passes.linear import median_ms  # noqa: E402
 from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
@@ -55,6 +57,29 @@ def linear_groups(model) -> dict[str, list[torch.nn.Linear]]:
     return groups
 
 
+def paired_ms(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall milliseconds of every call in ``fns`` (name -> zero-argument callable), ``repeats`` rounds of each in turn.
+
+    Two warm-up calls each first. Within a round the calls run back to back, so a ratio of two of them compares
+    runs milliseconds apart, not the two ends of a drifting run.
+    """
+    for fn in fns.values():
+        fn()
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of ``name``'s time over ``base``'s time in the same round."""
+    return statistics.median(t / b for t, b in zip(times[name], times[base]))
+
+
 def per_linear(name: str, model, rows: list[int], repeats: int) -> list[dict]:
     out = []
     for linear_name, mods in linear_groups(model).items():
@@ -71,14 +96,19 @@ def per_linear(name: str, model, rows: list[int], repeats: int) -> list[dict]:
             for w, p, b in zip(weights, packed, biases):
                 torch.ops.mkl._mkl_linear(x, p, w, b, x.shape[0])
 
-        one = median_ms(lambda: plain(torch.randn(1, width, dtype=dtype)), repeats) / len(mods)
+        calls = {"one": lambda x=torch.randn(1, width, dtype=dtype): plain(x)}
+        for r in rows:
+            x = torch.randn(r, width, dtype=dtype)
+            calls[f"plain_{r}"] = lambda x=x: plain(x)
+            if packed:
+                calls[f"packed_{r}"] = lambda x=x: fast(x)
+        times = paired_ms(calls, repeats)
+        one = statistics.median(times["one"]) / len(mods)
         row = {"model": name, "linear": linear_name, "shape": "x".join(map(str, weights[0].shape)),
                "one_row_ms": round(one, 3)}
         for r in rows:
-            x = torch.randn(r, width, dtype=dtype)
-            row[f"plain_{r}"] = round(median_ms(lambda: plain(x), repeats) / len(mods) / one, 2)
-            packed_ms = median_ms(lambda: fast(x), repeats) if packed else float("nan")
-            row[f"packed_{r}"] = round(packed_ms / len(mods) / one, 2)
+            row[f"plain_{r}"] = round(median_ratio(times, f"plain_{r}", "one"), 2)
+            row[f"packed_{r}"] = round(median_ratio(times, f"packed_{r}", "one"), 2) if packed else float("nan")
         out.append(row)
         print(f"  {name:6s} {linear_name:9s} {row['shape']:>11s} 1 row {one:7.2f} ms  " + "  ".join(
             f"{r} rows: plain {row[f'plain_{r}']:.2f}x packed {row[f'packed_{r}']:.2f}x".replace("nanx", "-")
@@ -95,18 +125,22 @@ def per_step(target, draft, tokenizer, rows: list[int], context: int, repeats: i
     for linear in ("plain", "auto") if target.dtype == torch.float32 else ("plain",):
         model = base.with_config(linear=linear)
         model.generate(prompt, max_new_tokens=1)  # builds this sibling's decode state (the prefill is shared)
-        times = {}
-        for r in [1, *rows]:
+        seq_lens = model._state.seq_lens
+
+        def step(r):
             graph = model.graph("verify", r)
             pos = torch.arange(context - 1, context - 1 + r)[None]
             ids = prompt[:, -1:].expand(1, r).contiguous()
-            seq_lens = model._state.seq_lens.copy_(pos[:, 0])
-            times[r] = median_ms(lambda: graph(ids, pos, seq_lens), repeats)  # rewrites the same positions
+            return lambda: graph(ids, pos, seq_lens.copy_(pos[:, 0]))  # rewrites the same positions every call
+
+        times = paired_ms({r: step(r) for r in [1, *rows]}, repeats)
+        one = statistics.median(times[1])
         for r in rows:
-            out.append({"linear": linear, "context": context, "rows": r, "one_row_ms": round(times[1], 1),
-                        "rows_ms": round(times[r], 1), "ratio": round(times[r] / times[1], 2)})
-            print(f"  verify step, linear={linear}, {context} cached: 1 row {times[1]:.0f} ms, {r} rows "
-                  f"{times[r]:.0f} ms ({times[r] / times[1]:.2f}x)", flush=True)
+            rows_ms, ratio = statistics.median(times[r]), median_ratio(times, r, 1)
+            out.append({"linear": linear, "context": context, "rows": r, "one_row_ms": round(one, 1),
+                        "rows_ms": round(rows_ms, 1), "ratio": round(ratio, 2)})
+            print(f"  verify step, linear={linear}, {context} cached: 1 row {one:.0f} ms, {r} rows "
+                  f"{rows_ms:.0f} ms ({ratio:.2f}x, median of paired rounds)", flush=True)
     return out
 
 

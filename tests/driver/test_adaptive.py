@@ -288,6 +288,38 @@ def test_an_abandoned_gammas_stale_cost_is_remeasured():
     assert sum(rate[g] for g in last) / len(last) >= 0.97 * rate[2]
 
 
+def test_a_batchs_tail_neither_explores_nor_stands_for_the_full_batch():
+    """A replay of the real pair at 8k, batch 4 (AMX host, round-robin run, 2026-12-07): once rows of the batch
+    finish, a step costs less (a finished row's attention reads no cache). Those cheap tail steps must not stand
+    for the full batch at the start of the next call (they made 1-token speculation look 2.54 tokens/s per row
+    against a true ~1.5, where plain decoding made 1.85), and the tail must borrow the full batch's costs rather than
+    explore every gamma again."""
+    planner, context = GammaPlanner(2), 8192
+    planner.tried, planner.accepted = [SURE] * 2, [0.66 * SURE, 0.5 * SURE]
+    full = {("verify", 1): 0.54, ("verify", 2): 0.78, ("verify", 3): 1.00, ("draft", 1): 0.31, ("draft", 2): 0.46,
+            ("other", 1): 0.002}
+    tail = {("verify", 1): 0.20, ("verify", 2): 0.25, ("draft", 1): 0.08, ("other", 1): 0.002}
+    planner.live, planner.tail = 4, False
+    for (kind, rows), seconds in full.items():
+        planner.record_cost(kind, rows, context, seconds)
+    assert planner.choose(context)[0] == 0  # 1.85 tokens/s per row plain, 1.52 with gamma = 1
+    planner.live, planner.tail = 1, True  # three rows finished: their slots are cheap now
+    gamma = planner.choose(context)[0]
+    assert planner.last["why"] != "explore" and gamma == 0  # on the full batch's costs: no exploring at the tail
+    for _ in range(10):  # the tail measures its own (partial) costs
+        for (kind, rows), seconds in tail.items():
+            planner.record_cost(kind, rows, context, seconds)
+    assert planner.cost("verify", 3, context) == pytest.approx(1.00)  # partial: still the full batch's table
+    planner.live, planner.tail = 4, False  # the next call starts with every row again
+    for (kind, rows), seconds in full.items():
+        assert planner.cost(kind, rows, context) == pytest.approx(seconds)
+    assert planner.choose(context)[0] == 0
+    planner.live, planner.tail = 1, True  # a complete tail table is read as measured
+    planner.record_cost("verify", 3, context, 0.30)
+    planner.record_cost("draft", 2, context, 0.16)
+    assert planner.cost("verify", 2, context) == pytest.approx(0.25) and planner.cost("draft", 2, context) == 0.16
+
+
 @pytest.mark.parametrize("lag", [1, 10, 19, 20, 21, 60])
 def test_a_probe_out_of_a_gamma_zero_streak_fits_a_budget(lag):
     """Such a probe pays the draft's catch-up first: it is taken only while that costs at most PROBE_BUDGET of the
@@ -413,6 +445,34 @@ def test_the_driver_tells_the_planner_the_lag_and_the_tokens_left(max_new):
         generated += committed
         need = need + 1 if not gamma else 2
     assert model.planner.seen == expected
+
+
+class RowCounting(Scripted):
+    """Also records what the driver told the planner about the rows before each choice: (live rows, tail)."""
+
+    def __init__(self, gammas: list[int]) -> None:
+        super().__init__(gammas)
+        self.rows: list[tuple[int, bool]] = []
+
+    def choose(self, *args, **kwargs):
+        self.rows.append((self.live, self.tail))
+        return super().choose(*args, **kwargs)
+
+
+def test_the_driver_tells_the_planner_how_many_rows_still_generate():
+    """Batch 2, row 0 stops at an eos after k + 1 tokens: each of the first k + 1 choices sees both rows live, each
+    later one a tail of one row (gamma = 0 throughout: one token per row per iteration)."""
+    target = tiny_model("qwen2", num_hidden_layers=2, seed=13)
+    prompts = random_prompts([21, 17], seed=14)
+    greedy = [hf_greedy(target, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long), 12,
+                        eos_token_id=[])[0, len(p):].tolist() for p in prompts]
+    k = next(i for i in range(2, 10) if greedy[0][i] not in greedy[1] + greedy[0][:i])
+    ids, mask = left_padded(prompts)
+    model = dustin.compile(target, copy.deepcopy(target), mode="dense", gamma_max=2, max_length=128, **OPTS)
+    model.planner = RowCounting([0])
+    out = model.generate(ids, mask, max_new_tokens=12, eos_token_id=[greedy[0][k]])
+    assert out.sequences[1, ids.shape[1]:].tolist() == greedy[1]
+    assert model.planner.rows == [(2, False)] * (k + 1) + [(1, True)] * (11 - k)
 
 
 def test_auto_follows_the_draft_quality():
