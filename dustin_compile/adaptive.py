@@ -269,8 +269,8 @@ class GammaPlanner:
         """The next gamma whose ``kind`` verification is unmeasured at this context's bucket (gamma_max first, then
         0, then the rest downwards), or None: the verification's cost is not linear in its rows, so interpolation
         alone could hide the best choice. The last iterations of a batch whose other rows finished (``tail``) explore
-        nothing: they borrow the full batch's costs (``source``) while their own are measured."""
-        if self.tail and self.complete(self.source(kind, context), kind, context):
+        nothing once some live count's table is complete: they borrow it (``source``) while their own is measured."""
+        if self.tail and any(self.complete(table, kind, context) for table in self.tables.values()):
             return None
         bucket = context_bucket(context)
         measured = {r for k, r, b in self.costs if k == kind and b == bucket}
