@@ -1,4 +1,6 @@
-"""What a finished row costs: every decode step with all rows active vs with some rows finished.
+"""What a finished row, and a row out of step, costs: every decode step with all rows active at one position vs with
+some rows finished, and vs rows at different positions (as after speculation, each row having accepted its own
+number of tokens).
 
     python benchmarks/finished_rows.py                        # 8k context, batch 4, 3 finished rows (~3 min here)
     python benchmarks/finished_rows.py --context 4096 --finished 1 2 3
@@ -9,7 +11,9 @@ rows, score taps nothing, sparse verification and the draft's window an empty se
 run. This times each compiled decode step of a random model with real-model layer geometry (Qwen2.5-1.5B: hidden
 1536, 12 query / 2 KV heads, head dim 128, MLP 8960; ``--layers`` of them, a small vocabulary so the LM head does not
 hide the attention) through ``DustinModel.graph``, with seq_lens as the driver sets them, median of ``--repeats``
-after a warm-up. Prints a table, writes CSV and a PNG plot under ``--out``.
+after a warm-up. Rows out of step: "apart" puts row b at ``context - b`` (every start distinct), "pairs" alternates
+two starts two positions apart (rows sharing a start are not side by side). Prints a table, writes CSV and a PNG
+plot under ``--out``.
 """
 
 from __future__ import annotations
@@ -56,10 +60,21 @@ def build(args):
     return model
 
 
-def time_step(model, role: str, rows: int, settled: torch.Tensor, context: int, repeats: int) -> float:
-    """Median seconds of the ``role`` step at ``rows`` rows, settled rows given seq_lens 0 (as the driver does)."""
+def layouts(args) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, settled [B] bool, start offsets [B]) of each batch layout timed, the baseline first."""
+    batch, none = args.batch, torch.zeros(args.batch, dtype=torch.bool)
+    b = torch.arange(batch)
+    return [("in step", none, torch.zeros(batch, dtype=torch.long)),
+            *((f"{k} finished", b >= batch - k, torch.zeros(batch, dtype=torch.long)) for k in args.finished),
+            ("apart", none, -b), ("pairs", none, -2 * (b % 2))]
+
+
+def time_step(model, role: str, rows: int, settled: torch.Tensor, offsets: torch.Tensor, context: int,
+              repeats: int) -> float:
+    """Median seconds of the ``role`` step at ``rows`` rows from positions ``context + offsets``, settled rows given
+    seq_lens 0 (as the driver does)."""
     state, batch = model.state, settled.shape[0]
-    pos = torch.full((batch, 1), context, dtype=torch.long) + torch.arange(rows)
+    pos = (context + offsets)[:, None] + torch.arange(rows)
     ids = torch.randint(10, GEOMETRY["vocab_size"], (batch, rows))
     seq_lens = pos[:, 0].masked_fill(settled, 0)
     state.indices.copy_(torch.arange(state.indices.shape[1]) * (context // state.indices.shape[1]))
@@ -84,18 +99,18 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     model = build(args)
     cfg = model.config
-    steps = [("draft_1", 1), ("verify", cfg.max_draft + 1), ("verify_dense", cfg.max_draft + 1),
+    # verify_dense at 1 row: a plain decoding step (gamma = 0 in dense mode, or the `ar` arm's)
+    steps = [("draft_1", 1), ("verify", cfg.max_draft + 1), ("verify_dense", 1), ("verify_dense", cfg.max_draft + 1),
              ("check", cfg.exact_every + cfg.max_draft + 1)]
     rows = []
     for role, width in steps:
         base = None
-        for finished in [0, *args.finished]:
-            settled = torch.arange(args.batch) >= args.batch - finished
-            seconds = time_step(model, role, width, settled, args.context, args.repeats)
+        for layout, settled, offsets in layouts(args):
+            seconds = time_step(model, role, width, settled, offsets, args.context, args.repeats)
             base = base or seconds
-            rows.append(dict(step=role, rows=width, finished=finished, ms=1000 * seconds, vs_all_active=seconds / base))
-            print(f"{role:13s} {width:3d} rows  {finished} of {args.batch} finished: {1000 * seconds:8.1f} ms "
-                  f"({seconds / base:.2f}x all active)", flush=True)
+            rows.append(dict(step=role, rows=width, layout=layout, ms=1000 * seconds, vs_in_step=seconds / base))
+            print(f"{role:13s} {width:3d} rows  {layout:12s}: {1000 * seconds:8.1f} ms ({seconds / base:.2f}x in step)",
+                  flush=True)
     report(rows, args)
     return 0
 
@@ -118,15 +133,16 @@ def report(rows, args) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    steps = list(dict.fromkeys(r["step"] for r in rows))
-    counts = sorted({r["finished"] for r in rows})
-    width = 0.8 / len(counts)
-    for i, finished in enumerate(counts):
-        values = [next(r["ms"] for r in rows if r["step"] == s and r["finished"] == finished) for s in steps]
-        ax.bar([j + i * width for j in range(len(steps))], values, width, label=f"{finished} of {args.batch} finished")
-    ax.set_xticks([j + width * (len(counts) - 1) / 2 for j in range(len(steps))], steps)
+    steps = list(dict.fromkeys(f"{r['step']} ({r['rows']})" for r in rows))
+    names = list(dict.fromkeys(r["layout"] for r in rows))
+    width = 0.8 / len(names)
+    for i, layout in enumerate(names):
+        values = [next(r["ms"] for r in rows if f"{r['step']} ({r['rows']})" == s and r["layout"] == layout)
+                  for s in steps]
+        ax.bar([j + i * width for j in range(len(steps))], values, width, label=layout)
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(steps))], steps)
     ax.set_ylabel("ms per step")
-    ax.set_title(f"finished rows, context {args.context}, batch {args.batch} ({machine})", fontsize=8)
+    ax.set_title(f"row layouts, context {args.context}, batch {args.batch} ({machine})", fontsize=8)
     ax.legend()
     fig.tight_layout()
     png = path.replace(".csv", ".png")

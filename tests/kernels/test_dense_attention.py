@@ -67,12 +67,14 @@ def test_a_finished_row_reads_nothing_but_its_rows():
     torch.testing.assert_close(dense_attention(q, k, v, seq_lens), clean)
 
 
-def test_reads_nothing_past_each_row():
-    """Positions after seq_lens + t do not contribute: huge values there change nothing. (They hold finite K/V of
-    earlier forwards in the driver's cache; SDPA, like any masked kernel, would spread NaN from masked keys.)"""
-    q = torch.randn(2, 4, 3, 16)
-    k, v = torch.randn(2, 2, 40, 16), torch.randn(2, 2, 40, 16)
-    seq_lens = torch.tensor([5, 30])
+@pytest.mark.parametrize("seq_lens", [[5, 30], [40, 43, 41]], ids=["apart", "sharing-a-call"])
+def test_reads_nothing_past_each_row(seq_lens):
+    """Positions after seq_lens + t do not contribute, also inside the span a row's neighbours read when they share
+    one call: huge values there change nothing. (They hold finite K/V of earlier forwards in the driver's cache;
+    SDPA, like any masked kernel, would spread NaN from masked keys.)"""
+    seq_lens = torch.tensor(seq_lens)
+    q = torch.randn(len(seq_lens), 4, 3, 16)
+    k, v = torch.randn(len(seq_lens), 2, 50, 16), torch.randn(len(seq_lens), 2, 50, 16)
     clean = dense_attention(q, k, v, seq_lens)
     for b, n in enumerate(seq_lens.tolist()):
         k[b, :, n + 3 :] = 1e4
@@ -93,3 +95,32 @@ def test_opcheck_and_bad_inputs():
         dense_attention(q, k, k, torch.tensor([3, 39]))
     with pytest.raises(TypeError, match=r"`seq_lens` must have dtype in \(int32, int64\)"):
         dense_attention(q, k, k, torch.tensor([3.0, 9.0]))
+
+
+@pytest.mark.parametrize("window", [0, 3, 25])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_rows_a_few_positions_apart_match_stock_sdpa(window, rows):
+    """A batch after speculation: rows a few positions apart (sharing one call over the union of their spans, each
+    masked to its own), some sharing a start without being neighbours, a finished row between them."""
+    g = torch.Generator().manual_seed(window * 10 + rows)
+    seq_lens = torch.tensor([61, 63, 61, 0, 66, 62, 63])
+    q = torch.randn(7, 6, rows, 32, generator=g)
+    k, v = torch.randn(7, 2, 72, 32, generator=g), torch.randn(7, 2, 72, 32, generator=g)
+    torch.testing.assert_close(dense_attention(q, k, v, seq_lens, window=window), _stock(q, k, v, seq_lens, window),
+                               **TOL[torch.float32])
+
+
+def test_which_rows_share_a_call():
+    """Neighbours whose spans nearly coincide share one call (no gather, one SDPA); a finished row beside long ones
+    and a row far behind its neighbours keep their own, so no row reads much more than it attends to."""
+    from dustin.kernels.dense.reference import _shared_runs, _span
+
+    def runs(starts, rows=1, window=0):
+        return _shared_runs([_span(s, rows, 10_000, window) for s in starts])
+
+    assert runs([8190, 8191, 8192, 8193]) == [(0, 4)]
+    assert runs([8190, 0, 8195, 8192]) == [(0, 1), (1, 2), (2, 4)]
+    assert runs([8000, 4000, 4010]) == [(0, 1), (1, 3)]
+    assert runs([100, 100, 100]) == [(0, 3)]
+    assert runs([5000, 5100], window=64) == [(0, 1), (1, 2)]  # windows far apart: each its own 64 positions
+    assert runs([5000, 5004], window=64) == [(0, 2)]
