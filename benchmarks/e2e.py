@@ -68,7 +68,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     p.add_argument("--profile", help="calibration profile JSON, or 'none' for dustin's default score heads [the "
                                      "default pair's shipped profile; with --target/--draft: none]")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                   help="a directory (the run's files are stamped e2e-YYYYMMDD-HHMMSS* inside it), or a file name "
+                        "ending in .csv: X.csv, X-decisions.json, X-planner.json and X.png [benchmarks/results]")
     add_config_arguments(p, ("gamma", "budget", "n_sink", "window", "exact_every", "min_recovery", "draft_kv",
                              "backend", "draft_window", "m", "dense_layers"))
     args = p.parse_args()
@@ -266,7 +268,7 @@ def _prefill_like_generate(model, ids) -> None:
 
 def main() -> int:
     args = parse()
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(os.path.dirname(output_stem(args.out, "")) or ".", exist_ok=True)  # unwritable: fail before prefill
     torch.manual_seed(0)
     resolve_pair(args)
     target, draft, tokenizer = load(args)
@@ -396,27 +398,33 @@ def _format(rows) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(t, widths)) for t in table)
 
 
+def output_stem(out: str, stamp: str) -> str:
+    """The run's files without their endings: ``out`` ending in .csv names them (what docs/speed keeps), else ``out``
+    is a directory and they are stamped inside it."""
+    return out[: -len(".csv")] if out.endswith(".csv") else os.path.join(out, f"e2e-{stamp}")
+
+
 def report(rows, args, prefills, decisions, planners) -> None:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stem = output_stem(args.out, time.strftime("%Y%m%d-%H%M%S"))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     cfg = args.config
     print(f"\n# e2e: {machine}; {args.dtype}; gamma {cfg.gamma}; budget {cfg.budget}; backend {cfg.backend}")
     for (context, batch), seconds in prefills.items():
         print(f"# shared prefill (target + draft), {batch} x {context} tokens: {seconds:.1f} s")
     print(_format(rows))
-    path = os.path.join(args.out, f"e2e-{stamp}.csv")
+    path = f"{stem}.csv"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     print(f"csv: {path}")
     if decisions:  # gamma="auto": every iteration's choice, why, and the tokens/s the planner predicted per gamma
-        path = os.path.join(args.out, f"e2e-{stamp}-decisions.json")
+        path = f"{stem}-decisions.json"
         with open(path, "w") as f:
             json.dump({arm: [[dict(context=c, gamma=g, why=w, rates=r) for c, g, w, r in run] for run in runs]
                        for arm, runs in decisions.items()}, f)
         print(f"gamma=auto decisions: {path}")
-        path = os.path.join(args.out, f"e2e-{stamp}-planner.json")
+        path = f"{stem}-planner.json"
         with open(path, "w") as f:
             json.dump(planners, f, indent=1)
         print(f"gamma=auto planner tables at the end of each arm: {path}")
@@ -441,7 +449,7 @@ def report(rows, args, prefills, decisions, planners) -> None:
     ax.set_title(f"dustin e2e ({args.dtype}, gamma {cfg.gamma}, budget {cfg.budget}; {machine})", fontsize=8)
     ax.legend()
     fig.tight_layout()
-    png = os.path.join(args.out, f"e2e-{stamp}.png")
+    png = f"{stem}.png"
     fig.savefig(png, dpi=120)
     print(f"plot: {png}")
 

@@ -1,5 +1,5 @@
-"""benchmarks/e2e.py: the drift guard (ar interleaved between arms, each arm's ratio to the ar measured around it) and
-the @ref tag."""
+"""benchmarks/e2e.py: the drift guard (ar interleaved between arms, each arm's ratio to the ar measured around it),
+the @ref tag and where --out puts the run's files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from e2e import interleave_ar, vs_ar  # noqa: E402
+from e2e import interleave_ar, output_stem, vs_ar  # noqa: E402
 
 
 def test_interleave_puts_ar_around_every_arm_once():
@@ -84,3 +84,9 @@ def test_planner_ceiling_solves_for_the_acceptance_a_target_needs():
     assert abs(planner_from(table).predict(4096)[1] - 1.5 / 0.4) < 1e-9
     assert abs(acceptance_needed(table, 1.2 / 0.3, "verify") - 0.6) < 1e-6
     assert acceptance_needed(table, 2.0 / 0.3, "verify") is None
+
+
+def test_out_is_a_directory_of_stamped_files_or_names_them():
+    assert output_stem("benchmarks/results", "20261207-051415") == "benchmarks/results/e2e-20261207-051415"
+    assert output_stem("docs/speed/e2e_8k_b4.csv", "20261207-051415") == "docs/speed/e2e_8k_b4"
+    assert output_stem("run.csv", "x") == "run"
