@@ -133,12 +133,14 @@ def report(rows, args) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    steps = list(dict.fromkeys(f"{r['step']} ({r['rows']})" for r in rows))
+    def label(r):
+        return f"{r['step']} ({r['rows']})"
+
+    steps = list(dict.fromkeys(label(r) for r in rows))
     names = list(dict.fromkeys(r["layout"] for r in rows))
     width = 0.8 / len(names)
     for i, layout in enumerate(names):
-        values = [next(r["ms"] for r in rows if f"{r['step']} ({r['rows']})" == s and r["layout"] == layout)
-                  for s in steps]
+        values = [next(r["ms"] for r in rows if label(r) == s and r["layout"] == layout) for s in steps]
         ax.bar([j + i * width for j in range(len(steps))], values, width, label=layout)
     ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(steps))], steps)
     ax.set_ylabel("ms per step")

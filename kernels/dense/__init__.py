@@ -63,7 +63,8 @@ def dense_attention(
     window: int = 0,
 ) -> torch.Tensor:
     """Exact causal attention of ``q``'s T rows over ``k_cache/v_cache[:, :, : seq_lens + t + 1]`` (packed GQA);
-    ``window`` > 0 keeps only positions > seq_lens + t - window (a sliding-window layer)."""
+    ``window`` > 0 keeps only positions > seq_lens + t - window (a sliding-window layer). Positions a row does not
+    attend to are read under a mask and must hold finite values (reference.py)."""
     if not torch.compiler.is_compiling():
         _check(q, k_cache, v_cache, seq_lens)
         check_window(_OP, window)

@@ -10,6 +10,10 @@ Contract (shared with ``sparse_attention``, minus the selection):
     window   int                0, or a sliding window W: row t then attends only to positions > seq_lens[b] + t - W
     out      [B, Hq, T, D]      row t attends to every position <= seq_lens[b] + t
 
+Positions a row does not attend to must hold finite values (the driver's caches start as zeros and hold only K/V
+its forwards wrote): they are read under a mask where rows share a call (below), and the Inductor / export lowering
+(kernels/lowering.py) reads the whole cache under one; a masked NaN or inf would still poison the output.
+
 It equals SDPA over the repeated cache with ``causal_mask_reference(seq_lens, T, S_max, window)`` as the mask, which
 is what the graph pass relies on when it replaces such an SDPA call by this op.
 
