@@ -353,12 +353,15 @@ def _planner_table(planner, context) -> dict:
     for kind in sorted({k for k, _, _ in planner.costs}):
         costs[kind] = {rows: 1e3 * cost for rows in range(0, planner.gamma_max + 2)
                        if (cost := planner.cost(kind, rows, context)) is not None and (rows or kind == "draft")}
-    return dict(context=context, acceptance=planner.alphas(), ms_by_rows=costs)
+    return dict(context=context, acceptance=planner.alphas(), acceptance_after_clean=planner.state_alphas(True),
+                acceptance_after_rejection=planner.state_alphas(False), ms_by_rows=costs)
 
 
 def _planner_costs(table: dict) -> str:
     lines = [f"  planner at {table['context']}: acceptance per draft position "
-             + " ".join(f"{a:.2f}" for a in table["acceptance"])]
+             + " ".join(f"{a:.2f}" for a in table["acceptance"])
+             + "; after a clean iteration " + " ".join(f"{a:.2f}" for a in table["acceptance_after_clean"])
+             + "; after a rejection " + " ".join(f"{a:.2f}" for a in table["acceptance_after_rejection"])]
     for kind, steps in table["ms_by_rows"].items():
         lines.append(f"  {kind:<12} ms by rows  " + " ".join(f"{rows}:{ms:.0f}" for rows, ms in steps.items()))
     return "\n".join(lines)

@@ -59,6 +59,8 @@ class Generation:
         # gamma="auto": the planner (adaptive.py) sets this iteration's gamma in 0..gamma_max before each step.
         self.gamma_max = self.config.max_draft if use_draft else 0
         self.planner = getattr(model, "planner", None) if use_draft and self.config.adaptive else None
+        if self.planner is not None:
+            self.planner.new_batch()  # these rows have no previous iteration (adaptive.py, STATE_PRIOR)
         self.gamma = self.gamma_max
         self.verify_rows = self.gamma + 1
         # Exact mode: verify densely this iteration (gamma="auto" chose to); a check is due at `interval` provisional
@@ -119,7 +121,8 @@ class Generation:
         self.stats.sparse_passes += int(selection.sparse)
         self.stats.dense_passes += int(not selection.sparse)
         if self.planner is not None:
-            self.learn(selection.role, n_accepted[was_active].tolist(), costs, time.perf_counter() - started)
+            rows = was_active.nonzero().flatten().tolist()
+            self.learn(selection.role, n_accepted[was_active].tolist(), rows, costs, time.perf_counter() - started)
         if self.exact is not None:
             if selection.role == "verify_dense":
                 # A dense verification from an all-final prefix is itself exact: its tokens are final at once.
@@ -286,11 +289,11 @@ class Generation:
             need = 0
         return (need - 1 if need > 2 else 0), max(left, 0), max(rows, 1)
 
-    def learn(self, role: str, accepted: list[int], costs: dict[str, float], total: float) -> None:
+    def learn(self, role: str, accepted: list[int], rows: list[int], costs: dict[str, float], total: float) -> None:
         """Feed this iteration's costs and the acceptance of its active rows to the planner. A first call of a
         graph is a capture or a compile, not a cost; a dense refresh in a sparse mode is not what the planner
         chooses between (exact mode's dense verifications are)."""
-        self.planner.record_acceptance(self.gamma, accepted)
+        self.planner.record_acceptance(self.gamma, accepted, rows)
         if self.fresh or (role != "verify" and self.exact is None):
             return
         context, draft, verify = self.context(), costs.get("draft", 0.0), costs.get("verify", 0.0)

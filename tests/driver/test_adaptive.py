@@ -12,7 +12,7 @@ import torch
 
 import dustin
 from dustin.adaptive import (ACCEPT_MEMORY, CHECK_DECAY, MAX_BACKOFF, PROBE_BUDGET, PROBE_EVERY,
-                             PROBE_KIND_EVERY, REFRESH_LOSS, STOP_Z, GammaPlanner, context_bucket)
+                             PROBE_KIND_EVERY, REFRESH_LOSS, STATE_PRIOR, STOP_Z, GammaPlanner, context_bucket)
 from dustin.flags import add_config_arguments, config_overrides
 from helpers import always_wrong_draft, deeper_twin, hf_greedy, left_padded, random_prompts, tiny_model
 
@@ -99,6 +99,95 @@ def test_acceptance_counts_per_position():
     planner.record_acceptance(1, [0, 0, 0, 0])
     keep = (1 - 1 / ACCEPT_MEMORY) ** 4
     assert planner.tried[0] == pytest.approx(4 * keep + 4) and planner.accepted[0] == pytest.approx(2 * keep)
+
+
+def test_acceptance_counts_per_state_of_each_row():
+    """Each row's outcome also counts for the state its previous speculative iteration left it in (clean: every
+    draft accepted); rows without a previous iteration count only in the pooled estimate; the batch's rows are kept by
+    index, so a finished row (absent from the next outcomes) does not shift the others' states."""
+    planner = GammaPlanner(3)
+    planner.record_acceptance(2, [2, 0, 1], rows=[0, 1, 2])  # no states yet: pooled only
+    assert planner.state_tried == {True: [0.0] * 3, False: [0.0] * 3}
+    assert planner.row_clean == {0: True, 1: False, 2: False}
+    planner.record_acceptance(3, [1, 3], rows=[0, 2])  # row 1 finished: rows 0 (clean) and 2 (rejected) remain
+    assert planner.state_tried[True] == pytest.approx([1, 1, 0]) and planner.state_accepted[True] == pytest.approx(
+        [1, 0, 0])
+    assert planner.state_tried[False] == pytest.approx([1, 1, 1]) and planner.state_accepted[False] == pytest.approx(
+        [1, 1, 1])
+    assert planner.row_clean == {0: False, 2: True}
+    planner.record_acceptance(0, [0, 0], rows=[0, 2])  # no drafts: the states stand
+    assert planner.row_clean == {0: False, 2: True}
+    with pytest.raises(ValueError, match="row indices"):
+        planner.record_acceptance(1, [0, 1], rows=[0])
+    planner.new_batch()
+    assert planner.row_clean == {}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_expected_tokens_average_the_rows_states(seed):
+    """E(gamma) is the enumeration's expectation under each row's state estimate (its outcomes plus STATE_PRIOR
+    pseudo-outcomes at the pooled rate), averaged over the rows; without states, the pooled expectation."""
+    g = torch.Generator().manual_seed(seed)
+    planner = GammaPlanner(4)
+    planner.tried, planner.accepted = [1.0] * 4, torch.rand(4, generator=g, dtype=torch.float64).tolist()
+    for clean in (True, False):
+        planner.state_tried[clean] = (10 * torch.rand(4, generator=g, dtype=torch.float64)).tolist()
+        planner.state_accepted[clean] = [t * float(torch.rand((), generator=g)) for t in planner.state_tried[clean]]
+    state = {clean: [(a + STATE_PRIOR * p) / (t + STATE_PRIOR) for a, t, p in
+                     zip(planner.state_accepted[clean], planner.state_tried[clean], planner.accepted)]
+             for clean in (True, False)}
+    planner.row_clean = {0: True, 3: False, 5: False}
+    for gamma in range(5):
+        want = (_expected_by_enumeration(state[True], gamma) + 2 * _expected_by_enumeration(state[False], gamma)) / 3
+        assert planner.expected_tokens(gamma) == pytest.approx(want)
+        assert planner.expected_tokens(gamma, optimistic=True) >= _expected_by_enumeration(planner.accepted, gamma)
+    planner.new_batch()
+    for gamma in range(5):
+        assert planner.expected_tokens(gamma) == pytest.approx(_expected_by_enumeration(planner.accepted, gamma))
+
+
+def _bursty_run(choose, iterations: int, seed: int, planner: GammaPlanner | None = None,
+                pooled: bool = False) -> float:
+    """Tokens per second of one row whose drafts are accepted with probability 0.95 each after an iteration that
+    accepted every draft and 0.45 after a rejection (a draft step costs 0.3 s, verifying g + 1 rows 1 + 0.1 g s), with
+    ``choose(clean)`` picking each gamma; ``planner`` (if given) is fed the true costs and outcomes, as the driver
+    does (``pooled``: its row states are wiped every iteration, the planner without them)."""
+    rng = torch.Generator().manual_seed(seed)
+    clean, tokens, seconds = True, 0, 0.0
+    for _ in range(iterations):
+        gamma = choose(clean)
+        accepted = 0
+        while accepted < gamma and float(torch.rand((), generator=rng)) < (0.95 if clean else 0.45):
+            accepted += 1
+        tokens, seconds = tokens + accepted + 1, seconds + 1.0 + 0.1 * gamma + 0.3 * gamma
+        if planner is not None:
+            planner.record_cost("verify", gamma + 1, 4096, 1.0 + 0.1 * gamma)
+            if gamma:
+                planner.record_cost("draft", gamma, 4096, 0.3 * gamma)
+            planner.record_acceptance(gamma, [accepted])
+            if pooled:
+                planner.new_batch()
+        if gamma:
+            clean = accepted == gamma
+    return tokens / seconds
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_bursty_acceptance_drafts_long_after_a_clean_iteration_and_short_after_a_rejection(seed):
+    """Where the best gamma after a clean iteration (4) differs from the best after a rejection (1), the planner with
+    row states beats every fixed gamma by >= 8 % (11-15 % in these runs) and comes within 7 % of the policy that knows
+    the source (4 after a clean iteration, 1 after a rejection; 3-4 % here); the pooled estimate alone (the planner
+    before row states) stays below the best fixed gamma (0.94-0.95x here)."""
+    iterations = 2000
+    fixed = max(_bursty_run(lambda clean, g=g: g, iterations, seed) for g in range(5))
+    oracle = _bursty_run(lambda clean: 4 if clean else 1, iterations, seed)
+    rates = {}
+    for pooled in (False, True):
+        planner = GammaPlanner(4)
+        planner.record_cost("other", 1, 4096, 0.0)
+        rates[pooled] = _bursty_run(lambda clean: planner.choose(4096)[0], iterations, seed, planner, pooled)
+    assert rates[False] >= 1.08 * fixed and rates[False] >= 0.93 * oracle
+    assert rates[True] <= fixed
 
 
 def real_pair_4k_planner() -> GammaPlanner:
@@ -390,6 +479,9 @@ class Scripted:
         pass
 
     def record_acceptance(self, *args) -> None:
+        pass
+
+    def new_batch(self) -> None:
         pass
 
     def record_check(self, *args) -> None:
