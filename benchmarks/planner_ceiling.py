@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     tables, ar = json.loads(args.planner.read_text()), ar_rates(args.csv)
     for name, table in tables.items():
         context, batch = (int(x) for x in name.split(" ", 1)[0].split("x"))
-        plain = ar.get((context, batch))
+        total = ar.get((context, batch))
+        plain = total / batch if total else None  # the planner's rates are per row; the csv's count every row
         planner = planner_from(table)
         print(f"\n{name}: acceptance per position " + " ".join(f"{a:.2f}" for a in table["acceptance"])
-              + (f"; ar {plain:.2f} tok/s" if plain else "; no ar arm in the csv"))
+              + (f"; ar {total:.2f} tok/s ({plain:.2f} per row)" if total else "; no ar arm in the csv"))
         for kind in (k for k in ("verify", "verify_dense") if k in table["ms_by_rows"]):
             print_kind(planner, table, kind, plain, args.targets)
     return 0

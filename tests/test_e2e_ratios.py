@@ -86,6 +86,22 @@ def test_planner_ceiling_solves_for_the_acceptance_a_target_needs():
     assert acceptance_needed(table, 2.0 / 0.3, "verify") is None
 
 
+def test_planner_ceiling_compares_per_row_rates_with_ar_per_row(tmp_path, capsys):
+    """The planner's rates are per row, the csv's tokens/s count every row of the batch: at batch 4 an ar of 8 tok/s
+    is 2 per row, and a gamma = 0 step of 0.5 s (2 tok/s per row) is 1.00x of it, not 0.25x."""
+    import json
+
+    from planner_ceiling import main
+
+    table = dict(context=8192, acceptance=[0.5], ms_by_rows={"draft": {"0": 0.0, "1": 100.0},
+                                                             "verify": {"1": 500.0, "2": 600.0}})
+    (tmp_path / "p.json").write_text(json.dumps({"8192x4 dense": table}))
+    (tmp_path / "r.csv").write_text("context,batch,arm,decode_tps\n8192,4,ar,8.0\n")
+    assert main([str(tmp_path / "p.json"), str(tmp_path / "r.csv"), "--targets", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "ar 8.00 tok/s (2.00 per row)" in out and "| 0 | 0 | 500 | 1.00 | 500 | 2.00 | 1.00x |" in out
+
+
 def test_out_is_a_directory_of_stamped_files_or_names_them():
     assert output_stem("benchmarks/results", "20261207-051415") == "benchmarks/results/e2e-20261207-051415"
     assert output_stem("docs/speed/e2e_8k_b4.csv", "20261207-051415") == "docs/speed/e2e_8k_b4"
