@@ -4,9 +4,11 @@
 
 Per linear: every distinct linear of the real pair (q/k/v/o, gate/up/down, lm_head of each model) run through all
 of its model's layers in turn (the weights leave the cache as in a real step), 1 row with ``F.linear`` against
-``--rows`` rows with ``F.linear`` and with MKL's packed GEMM (passes/linear.py). Per step: the target's compiled
-dense verification graph (``backend="eager"``) at ``--context`` cached tokens, batch 1, 1 row against each of
-``--rows`` rows, with ``linear="plain"`` and ``linear="auto"`` (what dustin does by default). Every ratio is paired:
+``--rows`` rows with ``F.linear`` and with MKL's packed GEMM (passes/linear.py); then each layer's q/k/v fused into
+one packed GEMM (what the pass may run instead of the three, where it measures faster) against the three apart.
+Per step: the target's compiled dense verification graph (``backend="eager"``) at ``--context`` cached tokens,
+batch 1, 1 row against each of ``--rows`` rows, with ``linear="plain"`` and ``linear="auto"`` (what dustin does by
+default). Every ratio is paired:
 each of ``--repeats`` rounds times the one-row call and then each multi-row call back to back, and the ratio reported
 is the median over rounds of that round's ratio (this host drifts by more than a small linear's 5-row margin between
 two separate medians). Writes a CSV and a PNG under ``--out``. ``--dtype bfloat16`` measures the models in
@@ -28,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
 from dustin.kernels import pack_weight  # noqa: E402
+from dustin.kernels.linear import packed_linear_cat_reference  # noqa: E402
 from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
@@ -117,6 +120,42 @@ def per_linear(name: str, model, rows: list[int], repeats: int) -> list[dict]:
     return out
 
 
+def per_fused(name: str, model, rows: list[int], repeats: int) -> list[dict]:
+    """Each layer's q/k/v as the multi-row graphs may run them (passes/linear.py, fusion): one packed GEMM of the
+    three weights concatenated, against the three ``F.linear`` calls of a one-row step (``plain_R``: the three apart
+    through ``F.linear`` at R rows; ``packed_R``: fused)."""
+    layers = [[getattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj")] for layer in model.model.layers]
+    width, dtype = layers[0][0].weight.shape[1], layers[0][0].weight.dtype
+    if dtype != torch.float32:
+        return []
+    out_features = sum(m.weight.shape[0] for m in layers[0])
+    fused = [(pack_weight(torch.cat([m.weight for m in mods])),
+              torch.cat([m.bias for m in mods]) if mods[0].bias is not None else None) for mods in layers]
+
+    def apart(x):
+        for mods in layers:
+            for m in mods:
+                torch.nn.functional.linear(x, m.weight, m.bias)
+
+    def together(x):
+        for packed, bias in fused:
+            packed_linear_cat_reference(x, packed, bias, out_features)
+
+    calls = {"one": lambda x=torch.randn(1, width): apart(x)}
+    for r in rows:
+        x = torch.randn(r, width)
+        calls[f"plain_{r}"], calls[f"packed_{r}"] = (lambda x=x: apart(x)), (lambda x=x: together(x))
+    times = paired_ms(calls, repeats)
+    one = statistics.median(times["one"]) / len(layers)
+    row = {"model": name, "linear": "qkv fused", "shape": f"{out_features}x{width}", "one_row_ms": round(one, 3)}
+    for r in rows:
+        row[f"plain_{r}"] = round(median_ratio(times, f"plain_{r}", "one"), 2)
+        row[f"packed_{r}"] = round(median_ratio(times, f"packed_{r}", "one"), 2)
+    print(f"  {name:6s} {'qkv fused':9s} {row['shape']:>11s} 1 row {one:7.2f} ms  " + "  ".join(
+        f"{r} rows: apart {row[f'plain_{r}']:.2f}x fused {row[f'packed_{r}']:.2f}x" for r in rows), flush=True)
+    return [row]
+
+
 def per_step(target, draft, tokenizer, rows: list[int], context: int, repeats: int) -> list[dict]:
     prompt = torch.tensor(long_prompts(tokenizer, context, 1))
     out = []
@@ -175,8 +214,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     target = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype, attn_implementation="sdpa").eval()
     draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=dtype, attn_implementation="sdpa").eval()
-    linears = [] if args.skip_linears else (per_linear("target", target, args.rows, args.repeats)
-                                            + per_linear("draft", draft, args.rows, args.repeats))
+    linears = [] if args.skip_linears else [
+        row for name, model in (("target", target), ("draft", draft))
+        for row in per_linear(name, model, args.rows, args.repeats) + per_fused(name, model, args.rows, args.repeats)]
     steps = []
     if args.context:
         steps = per_step(target, draft, AutoTokenizer.from_pretrained(args.target), args.rows, args.context,

@@ -256,10 +256,12 @@ class Generation:
         """This iteration's gamma: the most expected tokens per second under the measured costs (adaptive.py). In
         exact mode, with every token final, first how to verify: densely, or sparsely until a check is due."""
         context = self.context()
-        lag, remaining, live = self.lag_and_remaining()
+        lag, horizon, live = self.lag_and_remaining()
+        remaining = max(horizon, default=0)
         # Costs are kept per number of live rows (a finished row's step is cheaper): this iteration's choice and the
         # costs it measures belong to this count; a batch's tail borrows the full batch's where its own are partial.
-        self.planner.live, self.planner.tail = live, live < self.n.shape[0]
+        # The tokens each row has left tell the planner how far the batch's end is (adaptive.py, "the batch's end").
+        self.planner.live, self.planner.tail, self.planner.horizon = live, live < self.n.shape[0], horizon
         if self.exact is not None and bool((self.final == self.n).all()):
             kind, interval, self.segment_rate = self.planner.choose_verification(context, remaining)
             self.dense_segment = kind == "verify_dense"
@@ -276,18 +278,19 @@ class Generation:
         if rate is not None:
             self.stats.predicted.append(rate * int(self.active.sum()))
 
-    def lag_and_remaining(self) -> tuple[int, int, int]:
+    def lag_and_remaining(self) -> tuple[int, list[int], int]:
         """(tokens the draft must catch up on before it can draft again, beyond the one or two every iteration
-        re-runs; the most new tokens an active row may still generate; the rows not settled): what resuming
-        speculation costs, over how many tokens it can pay off, and how many rows a step computes in full. One host
-        read, like the loop's own per iteration."""
+        re-runs; the new tokens each row not settled may still generate, those with any left; the rows not
+        settled): what resuming speculation costs, over how many tokens it can pay off (the batch runs until its
+        slowest row is done), and how many rows a step computes in full. One host read, like the loop's own per
+        iteration."""
         live = ~self.settled()
         need = torch.where(live, self.draft_need, 0).max()
-        left = torch.where(live, self.prompt_lens + self.max_new - self.n, 0).max()
-        need, left, rows = torch.stack([need, left, live.sum()]).tolist()
+        left = torch.where(live, self.prompt_lens + self.max_new - self.n, 0)
+        need, rows, *left = torch.cat([torch.stack([need, live.sum()]), left]).tolist()
         if self.state.caches.shared:  # a self-draft reads the target's cache: it never lags
             need = 0
-        return (need - 1 if need > 2 else 0), max(left, 0), max(rows, 1)
+        return (need - 1 if need > 2 else 0), [r for r in left if r > 0], max(rows, 1)
 
     def learn(self, role: str, accepted: list[int], rows: list[int], costs: dict[str, float], total: float) -> None:
         """Feed this iteration's costs and the acceptance of its active rows to the planner. A first call of a

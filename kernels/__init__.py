@@ -9,20 +9,20 @@ registration as ``torch.library.custom_op("dustin::<op>")`` in ``__init__.py``:
 | ``dense``    | ``dense_attention``, ``causal_mask`` | ``dense_attention``, ``causal_mask``|
 | ``scores``   | ``score_heads``, ``score_heads_into``| ``score_heads``, ``score_heads_into``|
 | ``selection``| ``select_tokens``                    | ``select_tokens``                   |
-| ``linear``   | ``packed_linear`` (CPU, MKL)         | ``packed_linear``, ``pack_weight``  |
+| ``linear``   | ``packed_linear``, ``packed_linear_cat`` (CPU, MKL) | ``packed_linear``, ``packed_linear_cat``, ``pack_weight`` |
 
 Importing this package registers every op; it never imports triton (the CUDA kernels load on first use).
 """
 
 if __name__ == "dustin.kernels":
     from .dense import causal_mask, dense_attention
-    from .linear import pack_weight, packed_linear
+    from .linear import pack_weight, packed_linear, packed_linear_cat
     from .scores import score_heads, score_heads_into
     from .selection import select_tokens
     from .sparse import sparse_attention
 
-    __all__ = ["causal_mask", "dense_attention", "pack_weight", "packed_linear", "score_heads", "score_heads_into", "select_tokens",
-               "sparse_attention"]
+    __all__ = ["causal_mask", "dense_attention", "pack_weight", "packed_linear", "packed_linear_cat", "score_heads",
+               "score_heads_into", "select_tokens", "sparse_attention"]
 # Else this folder was imported as a top-level ``kernels``: with the repository root on sys.path (``python -m ...``
 # run there), transformers probes for the Hugging Face ``kernels`` package by importing it. Register nothing then:
 # a second registration would define every dustin op again as new objects.

@@ -119,7 +119,7 @@ class DustinBackend:
             with inductor_config.patch({"fx_graph_cache": True}):
                 compiled = compile_fx(gm, list(example_inputs) + [state[k] for k in names] + extra)
         source = self.state_source
-        if packed and packed.weight_inputs:
+        if packed:
             store = self.linear.packed
 
             def run(*args):

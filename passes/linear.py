@@ -15,16 +15,24 @@ One packed copy serves every row count (``_mkl_linear`` takes the rows of the ca
 ``PackedWeights`` keeps it per weight tensor and packs again when the weight changes in place (its ``_version``),
 so an edited model never runs on stale packed weights. Packed weights enter a graph as extra inputs after the
 driver's state (the backend appends them to each call), never as captured constants.
+
+Sibling linears (the same input, e.g. an attention layer's q/k/v projections) whose weights together are small
+(``FUSE_BYTES``) may run as one: their weights concatenated along the outputs, packed once, one GEMM, its output
+split. Small products are where a multi-row call costs most over one row (per-call overhead: the 0.5B draft's
+128x896 k/v projections ran 5 rows at 1.6x one row, alone); the chooser times the siblings as they would run apart
+(each in its own chosen formulation) against the fused GEMM, back to back, and fuses only where that is faster. Only
+the packed concatenation is kept (``kernels.linear.packed_linear_cat``), not a plain copy of it.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,13 +42,18 @@ from torch.utils.weak import WeakIdKeyDictionary
 from tqdm.auto import tqdm
 
 from dustin.kernels import pack_weight
-from dustin.kernels.linear import PACK_ROWS
+from dustin.kernels.linear import PACK_ROWS, packed_linear_cat_reference
 
 from .rewrite import _fake_like
 
 PACKED_PREFIX = "dustin_packed_"
 MIN_GAIN = 1.10  # pack only where it is at least 10 % faster: a packed copy costs memory (1.2-7x the weight)
 LINEAR_TARGETS = (torch._C._nn.linear, torch.nn.functional.linear, torch.ops.aten.linear.default)
+# Siblings are fused only while their weights together take at most this many bytes: the 1.5B target's q/k/v
+# (12 MiB per layer in fp32) and the 0.5B draft's (4 MiB) qualify, the MLPs' gate/up (35-105 MiB) do not. A large
+# product runs near its limit alone, and a fused packed copy is kept beside the members' own where another graph (a
+# different row count) runs them apart: that must stay small.
+FUSE_BYTES = 16 * 2**20
 
 
 def packing_available() -> bool:
@@ -88,10 +101,12 @@ def timed_weights(weight: torch.Tensor, rows: int, available: int) -> int:
 
 
 class PackedWeights:
-    """One packed copy per weight tensor, shared by every graph that uses it, packed again if the weight changes."""
+    """One packed copy per weight tensor, shared by every graph that uses it, packed again if the weight changes;
+    likewise one packed concatenation (and concatenated bias) per group of fused sibling weights."""
 
     def __init__(self) -> None:
         self._packed = WeakIdKeyDictionary()  # by identity: a tensor's == is elementwise
+        self._fused = WeakIdKeyDictionary()  # first weight of a group -> {group's tensors: (versions, packed, bias)}
 
     def get(self, weight: torch.Tensor) -> torch.Tensor:
         entry = self._packed.get(weight)
@@ -100,6 +115,23 @@ class PackedWeights:
                 entry = (weight._version, pack_weight(weight))
             self._packed[weight] = entry
         return entry[1]
+
+    def get_fused(self, weights: list[torch.Tensor],
+                  biases: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(packed concatenation of ``weights`` along their outputs, concatenated ``biases`` or None), made again
+        when any of them changed in place. Keyed by the first weight; the entry holds the group's other tensors (of
+        the same model, so alive as long as that weight) and is matched by their identity."""
+        tensors = [t for t in (*weights, *biases) if t is not None]
+        groups = self._fused.setdefault(weights[0], {})
+        key = tuple(id(t) for t in tensors)
+        versions = tuple(t._version for t in tensors)
+        entry = groups.get(key)
+        if entry is None or entry[0] != versions or any(a is not b for a, b in zip(entry[1], tensors[1:])):
+            with torch.no_grad():
+                packed = pack_weight(torch.cat([w.detach() for w in weights]))
+                bias = torch.cat([b.detach() for b in biases]) if biases[0] is not None else None
+            entry = groups[key] = (versions, tuple(tensors[1:]), packed, bias)  # never the key itself: a weak key
+        return entry[2], entry[3]
 
 
 @dataclass(frozen=True)
@@ -118,12 +150,17 @@ class LinearChooser:
     ``path``: a JSON file that keeps the measurements between processes (``None``: this process only).
     ``force``: ``"plain"`` / ``"packed"`` skips the measurement (tests; ``"packed"`` still needs eligibility).
     ``progress``: show a bar while ``pack_linears`` times shapes this machine has not measured yet.
+    ``fuse``: ``None`` measures whether sibling linears run faster fused (module docstring); ``True`` / ``False``
+    skips that measurement (tests). ``force="plain"`` fuses nothing.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, force: str | None = None,
-                 packed: PackedWeights | None = None, progress: bool = True) -> None:
+                 packed: PackedWeights | None = None, progress: bool = True, fuse: bool | None = None) -> None:
         if force not in (None, "plain", "packed"):
             raise ValueError(f"LinearChooser.force must be None, 'plain' or 'packed', got {force!r}")
+        if fuse not in (None, True, False):
+            raise ValueError(f"LinearChooser.fuse must be None, True or False, got {fuse!r}")
+        self.fuse = fuse
         self.path, self.force = (Path(path) if path is not None else None), force
         self.packed = packed or PackedWeights()
         self.progress = progress  # a bar while timing shapes not measured on this machine yet
@@ -154,6 +191,63 @@ class LinearChooser:
         """``choose`` times this group now (nothing forced, several rows, not measured on this machine yet): the one
         statement of that rule, which ``pack_linears`` also asks to size its progress bar."""
         return self.force is None and rows >= 2 and self._key(weights, rows, biases) not in self.timings
+
+    def choose_fused(self, groups: list[list[torch.Tensor]], rows: int, biases: list[list[torch.Tensor | None]],
+                     apart: list[str]) -> bool:
+        """Whether sibling linears run fused at ``rows`` rows: ``groups`` holds every group of one signature in the
+        graph (one per layer: its members' weights in order), ``biases`` theirs, ``apart`` each member's own
+        formulation (what runs if they are not fused). Fused where the fused GEMM measured faster than the members
+        apart: its packed copy is small (FUSE_BYTES), so any gain counts."""
+        if self.force == "plain" or rows < 2:
+            return False
+        if self.fuse is not None:
+            return self.fuse
+        key = self._fused_key(groups[0], rows, biases[0], apart)
+        if key not in self.timings:
+            self.timings[key] = self._measure_fused(groups, rows, biases, apart)
+            self._save()
+        timing = self.timings[key]
+        return timing.plain_ms > timing.packed_ms
+
+    def needs_measuring_fused(self, group: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None],
+                              apart: list[str]) -> bool:
+        """``choose_fused`` times this signature now (what ``pack_linears`` counts for its progress bar)."""
+        return (self.force != "plain" and self.fuse is None and rows >= 2
+                and self._fused_key(group, rows, biases, apart) not in self.timings)
+
+    def _fused_key(self, group: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None],
+                   apart: list[str]) -> str:
+        shapes = "+".join(f"{w.shape[0]}x{w.shape[1]}" for w in group)
+        return (f"{self.machine}|{group[0].dtype}|fused {shapes}|apart {'+'.join(apart)}|"
+                f"bias={biases[0] is not None}|rows={rows}")
+
+    def _measure_fused(self, groups: list[list[torch.Tensor]], rows: int, biases: list[list[torch.Tensor | None]],
+                       apart: list[str]) -> Timing:
+        """Timing(members apart, each in its own formulation; fused) per group, over as many groups as
+        ``timed_weights`` asks for a weight of the concatenation's size."""
+        out_features = sum(w.shape[0] for w in groups[0])
+        shape = torch.empty(out_features, groups[0][0].shape[1], dtype=groups[0][0].dtype, device="meta")
+        count = timed_weights(shape, rows, len(groups))
+        groups, biases = groups[:count], biases[:count]
+        x = torch.randn(rows, shape.shape[1], dtype=shape.dtype)
+        with torch.no_grad():
+            packs = [[pack_weight(w) if how == "packed" else None for w, how in zip(ws, apart)] for ws in groups]
+            fused = [(pack_weight(torch.cat(ws)), torch.cat(bs) if bs[0] is not None else None)
+                     for ws, bs in zip(groups, biases)]
+
+            def separate():
+                for ws, ps, bs in zip(groups, packs, biases):
+                    for w, pk, b in zip(ws, ps, bs):
+                        if pk is None:
+                            torch.nn.functional.linear(x, w, b)
+                        else:
+                            torch.ops.mkl._mkl_linear(x, pk, w, b, rows)
+
+            def together():
+                for pk, b in fused:
+                    packed_linear_cat_reference(x, pk, b, out_features)
+
+            return Timing(median_ms(separate) / len(groups), median_ms(together) / len(groups))
 
     def _key(self, weights: list[torch.Tensor], rows: int, biases: list[torch.Tensor | None]) -> str:
         weight = weights[0]
@@ -201,13 +295,25 @@ class LinearChooser:
 @dataclass
 class PackedLinears:
     """What ``pack_linears`` did to a graph: the input positions of the weights it packed, in the order of the
-    packed placeholders it appended, and per node the choice made (for the pass report)."""
+    packed placeholders it appended; then per fused group the input positions of its weights and biases (None: no
+    bias), whose packed concatenation (and concatenated bias) follow as placeholders; and per node the choice made
+    (for the pass report: "plain", "packed" or "fused")."""
 
     weight_inputs: list[int]
     choices: dict[str, str]
+    fused_inputs: list[tuple[tuple[int, ...], tuple[int, ...] | None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        """Whether the graph takes any extra input."""
+        return bool(self.weight_inputs or self.fused_inputs)
 
     def inputs(self, args: tuple, store: PackedWeights) -> list[torch.Tensor]:
-        return [store.get(args[i]) for i in self.weight_inputs]
+        out = [store.get(args[i]) for i in self.weight_inputs]
+        for weights, biases in self.fused_inputs:
+            packed, bias = store.get_fused([args[i] for i in weights],
+                                           [args[i] for i in biases] if biases else [None] * len(weights))
+            out += [packed, bias] if bias is not None else [packed]
+        return out
 
 
 class _Linear(NamedTuple):
@@ -277,7 +383,11 @@ def pack_linears(gm: fx.GraphModule, example_inputs: list, chooser: LinearChoose
         for key, args in group_args.items():
             choices[key] = chooser.choose(*args)
             bar.update(key in pending)
+    fused = _fused_siblings(found, chooser, {i.node: choices[i.key] for i in found})
+    in_fused = {i.node for group in fused for i in group}
     for node, w, b, weight, bias, fake_x, rows in found:
+        if node in in_fused:
+            continue
         x = node.args[0]  # read now: an earlier rewrite may have replaced this linear's input node
         choice = choices[(tuple(weight.shape), bias is not None, rows)]
         result.choices[node.name] = choice
@@ -301,6 +411,61 @@ def pack_linears(gm: fx.GraphModule, example_inputs: list, chooser: LinearChoose
         shaped.meta.update({k: node.meta[k] for k in ("val", "example_value") if k in node.meta})
         node.replace_all_uses_with(shaped)
         graph.erase_node(node)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for group in fused:
+        tag = f"{PACKED_PREFIX}cat{len(result.fused_inputs)}"
+        packed, bias = chooser.packed.get_fused([i.weight for i in group], [i.bias for i in group])
+        inputs = []
+        for name, value in ((tag, packed), (f"{tag}_bias", bias)):
+            if value is not None:
+                with graph.inserting_after(anchor):
+                    anchor = graph.placeholder(name)
+                anchor.meta["val"] = anchor.meta["example_value"] = _fake_like(value, placeholders)
+                inputs.append(anchor)
+        result.fused_inputs.append((tuple(position[i.w] for i in group),
+                                    tuple(position[i.b] for i in group) if bias is not None else None))
+        first = min((i.node for i in group), key=order.__getitem__)
+        x, widths = first.args[0], [i.weight.shape[0] for i in group]  # x read now: see above
+        op = torch.ops.dustin.packed_linear_cat.default if opaque else packed_linear_cat_reference
+        with graph.inserting_before(first):
+            product = graph.call_function(op, (x, inputs[0], inputs[1] if bias is not None else None, sum(widths)))
+            parts = graph.call_function(torch.split, (product, widths, -1))
+            for j, item in enumerate(group):
+                part = graph.call_function(operator.getitem, (parts, j))
+                part.meta.update({k: item.node.meta[k] for k in ("val", "example_value") if k in item.node.meta})
+                item.node.replace_all_uses_with(part)
+                result.choices[item.node.name] = "fused"
+        for item in group:
+            graph.erase_node(item.node)
     graph.lint()
     gm.recompile()
     return result
+
+
+def _fused_siblings(found: list[_Linear], chooser: LinearChooser, apart: dict[fx.Node, str]) -> list[list[_Linear]]:
+    """The groups of sibling linears to run fused: two or more linears of one input node (and rows), distinct
+    weights, all with a bias or none, their weights together at most FUSE_BYTES; fused where ``chooser`` says so for
+    their signature (member shapes, bias, rows, each member's formulation ``apart``), asked once per signature with
+    every group of it."""
+    siblings: dict[tuple, list[_Linear]] = {}
+    for item in found:
+        siblings.setdefault((item.node.args[0], item.rows, item.bias is not None), []).append(item)
+    candidates: dict[tuple, list[list[_Linear]]] = {}
+    for group in siblings.values():
+        size = sum(i.weight.numel() * i.weight.element_size() for i in group)
+        if len(group) < 2 or len({id(i.weight) for i in group}) < len(group) or size > FUSE_BYTES:
+            continue
+        signature = (tuple(i.key for i in group), tuple(apart[i.node] for i in group))
+        candidates.setdefault(signature, []).append(group)
+    pending = [(sig, g) for sig, g in candidates.items()
+               if chooser.needs_measuring_fused([i.weight for i in g[0]], g[0][0].rows, [i.bias for i in g[0]],
+                                                list(sig[1]))]
+    fused = []
+    with tqdm(total=len(pending), desc="time fused sibling linears (once per machine)", unit="group",
+              disable=not pending or not chooser.progress) as bar:
+        for (keys, how), groups in candidates.items():
+            if chooser.choose_fused([[i.weight for i in g] for g in groups], groups[0][0].rows,
+                                    [[i.bias for i in g] for g in groups], list(how)):
+                fused += groups
+            bar.update(any(sig == (keys, how) for sig, _ in pending))
+    return fused

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PACK_ROWS", "pack_weight", "packed_linear", "packed_linear_reference"]
+__all__ = ["PACK_ROWS", "pack_weight", "packed_linear", "packed_linear_reference", "packed_linear_cat",
+           "packed_linear_cat_reference"]
 
 # MKL packs for a row count; the copy is correct for any, but its speed is not: packed for 1 row, 2-8 rows run
 # 1.5-2x slower than packed for 2-8 (measured on the real pair's shapes, benchmarks/linear.py). 8 is within a few
@@ -50,3 +51,31 @@ def _(x, packed, weight, bias):
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.ops.dustin.packed_linear(x, packed, weight, bias)
+
+
+def packed_linear_cat_reference(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                                out_features: int) -> torch.Tensor:
+    """``F.linear`` through the packed copy of a weight that is not kept in plain form: sibling linears' weights
+    concatenated along their outputs (passes/linear.py, fusion). ``_mkl_linear`` reads its plain-weight argument only
+    to fall back to ``F.linear`` when a call's rows differ from the rows it is told; told the call's own rows, it
+    never does, so a zero-stride stand-in of the plain weight's shape serves (no copy of the concatenation)."""
+    flat = x.reshape(-1, x.shape[-1])
+    shape_only = flat.new_zeros(()).expand(out_features, flat.shape[1])
+    out = torch.ops.mkl._mkl_linear(flat, packed, shape_only, bias, flat.shape[0])
+    return out.reshape(*x.shape[:-1], out_features)
+
+
+@torch.library.custom_op("dustin::packed_linear_cat", mutates_args=())
+def _packed_linear_cat_op(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                          out_features: int) -> torch.Tensor:
+    return packed_linear_cat_reference(x, packed, bias, out_features)
+
+
+@_packed_linear_cat_op.register_fake
+def _(x, packed, bias, out_features):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+def packed_linear_cat(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                      out_features: int) -> torch.Tensor:
+    return torch.ops.dustin.packed_linear_cat(x, packed, bias, out_features)

@@ -150,20 +150,129 @@ def test_config_field():
         dustin.DustinConfig(linear="fast")
 
 
-@pytest.mark.parametrize("mode", ["dense", "sparse", "exact"])
-def test_generation_with_packed_linears_equals_plain(mode):
-    """Whole pairs: every step's linears packed (even 1-row ones, forced) decode what the plain graphs decode; in
-    the lossless modes that is the target's own greedy decoding."""
+@pytest.mark.parametrize("mode,fuse", [("dense", False), ("sparse", False), ("exact", False), ("dense", True),
+                                       ("exact", True)])
+def test_generation_with_packed_linears_equals_plain(mode, fuse):
+    """Whole pairs: every step's linears packed (even 1-row ones, forced; ``fuse``: each layer's q/k/v fused in the
+    multi-row steps) decode what the plain graphs decode; in the lossless modes that is the target's own greedy
+    decoding."""
     target = tiny_model("qwen2", num_hidden_layers=3, tie_word_embeddings=True, seed=3)
     draft = tiny_model("qwen2", num_hidden_layers=1, seed=4)
     ids, mask = left_padded(random_prompts([37, 21], seed=5))
     opts = dict(mode=mode, gamma=3, budget=16, n_sink=2, window=4, backend="eager", exact_every=3)
     plain = dustin.compile(target, draft, linear="plain", **opts)
     packed = plain.with_config(linear="auto")
-    packed._linear.force = "packed"
+    packed._linear.force, packed._linear.fuse = "packed", fuse
     expected = plain.generate(ids, mask, max_new_tokens=17).sequences
     got = packed.generate(ids, mask, max_new_tokens=17).sequences
     assert torch.equal(got, expected)
-    assert any(g.report.linears and set(g.report.linears.values()) == {"packed"} for g in packed._graphs.values())
+    reports = [g.report.linears for g in packed._graphs.values() if g.report.linears]
+    assert reports and all(set(r.values()) <= {"packed", "fused"} and "packed" in r.values() for r in reports)
+    fused = [r for r in reports if "fused" in r.values()]
+    assert bool(fused) == fuse
+    for r in fused:  # every layer's q/k/v (and gate/up: small enough here too)
+        assert all(v == "fused" for name, v in r.items() if any(p in name for p in ("q_proj", "k_proj", "v_proj"))), r
     if mode != "sparse":
         assert torch.equal(got, plain.generate(ids, mask, max_new_tokens=17, use_draft=False).sequences)
+
+
+class Siblings(torch.nn.Module):
+    """An attention layer's input projections (three linears of one input, with bias, odd widths), an MLP pair
+    (two without bias), a linear of another input, and q's output viewed per head as attention does."""
+
+    def __init__(self, width: int = 37) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(width, n) for n in (24, 8, 8))
+        self.gate, self.up = (torch.nn.Linear(width, 19, bias=False) for _ in range(2))
+        self.out = torch.nn.Linear(19, width, bias=False)
+
+    def forward(self, x):
+        q = self.q(x).view(*x.shape[:-1], 3, 8).transpose(-2, -3)
+        attn = torch.softmax(q @ self.k(x).unsqueeze(-3).transpose(-1, -2), dim=-1) @ self.v(x).unsqueeze(-3)
+        h = self.out(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+        return attn.transpose(-2, -3).flatten(-2), h
+
+
+def _siblings_oracle(module, x):
+    copy = Siblings(x.shape[-1]).double()
+    copy.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
+    with torch.no_grad():
+        return tuple(t.float() for t in copy(x.double()))
+
+
+def _compile_siblings(module, chooser, inductor=False):
+    torch._dynamo.reset()
+    backend = DustinBackend(RewritePlan(attention="keep"), dict, name="siblings", inductor=inductor, linear=chooser)
+    return torch.compile(module, backend=backend, fullgraph=True, dynamic=False), backend
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 37), (2, 3, 37), (7, 37)])
+@pytest.mark.parametrize("inductor", [False, True])
+def test_fused_siblings_equal_a_float64_oracle(shape, inductor):
+    """q/k/v (with bias) and gate/up (without) each run as one packed GEMM whose output is split; equal to float64
+    within fp32 tolerance, one packed concatenation per group (and one bias), the other linear packed alone."""
+    torch.manual_seed(sum(shape))
+    module, x = Siblings().eval(), torch.randn(*shape)
+    compiled, backend = _compile_siblings(module, LinearChooser(force="packed", fuse=True), inductor)
+    with torch.no_grad():
+        got = compiled(x)
+    for a, b in zip(got, _siblings_oracle(module, x)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert sorted(backend.reports[-1].linears.values()) == ["fused"] * 5 + ["packed"]
+    names = sorted(n.target for n in backend.graph_modules[-1].graph.nodes if n.op == "placeholder"
+                   and n.target.startswith("dustin_packed_"))
+    assert names == ["dustin_packed_0", "dustin_packed_cat0", "dustin_packed_cat0_bias", "dustin_packed_cat1"]
+
+
+def test_fused_siblings_follow_in_place_edits():
+    """Silent wrong output guard: editing one member's weight or bias in place packs the concatenation again."""
+    torch.manual_seed(2)
+    module, x = Siblings().eval(), torch.randn(1, 5, 37)
+    compiled, _ = _compile_siblings(module, LinearChooser(force="packed", fuse=True))
+    with torch.no_grad():
+        compiled(x)
+        module.k.weight.mul_(-2.0)
+        module.v.bias.add_(0.5)
+        module.up.weight.mul_(0.25)
+        got = compiled(x)
+    for a, b in zip(got, _siblings_oracle(module, x)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["fuse off", "too large", "one row", "plain forced"])
+def test_siblings_stay_apart(case, monkeypatch):
+    """Not fused: when the chooser says no, when the siblings' weights together exceed FUSE_BYTES, in a one-row
+    graph, and when every linear is forced plain."""
+    fuse, force, shape = case != "fuse off", "plain" if case == "plain forced" else "packed", (1, 5, 37)
+    if case == "too large":
+        monkeypatch.setattr(linear_pass, "FUSE_BYTES", 37 * 19 * 4 * 2 - 1)  # gate + up: one byte too many
+    if case == "one row":
+        shape = (1, 1, 37)
+    torch.manual_seed(3)
+    module, x = Siblings().eval(), torch.randn(*shape)
+    compiled, backend = _compile_siblings(module, LinearChooser(force=force, fuse=fuse))
+    with torch.no_grad():
+        got = compiled(x)
+    for a, b in zip(got, _siblings_oracle(module, x)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert "fused" not in backend.reports[-1].linears.values()
+
+
+def test_fusion_is_measured_once_and_kept_on_disk(tmp_path):
+    """The fusion choice per signature is timed (members apart vs fused), saved, and read back, not measured again."""
+    path = tmp_path / "linear-choices.json"
+    groups = [[torch.randn(n, 80) for n in (64, 16, 16)] for _ in range(3)]
+    biases = [[torch.randn(n) for n in (64, 16, 16)] for _ in range(3)]
+    apart = ["packed", "plain", "plain"]
+    chooser = LinearChooser(path)
+    assert chooser.needs_measuring_fused(groups[0], 5, biases[0], apart)
+    assert not chooser.choose_fused(groups, 1, biases, apart)  # one row: never fused, not measured
+    fuse = chooser.choose_fused(groups, 5, biases, apart)
+    assert not chooser.needs_measuring_fused(groups[0], 5, biases[0], apart)
+    assert chooser.needs_measuring_fused(groups[0], 5, biases[0], ["plain"] * 3)  # apart differently: its own key
+    again = LinearChooser(path)
+    assert not again.needs_measuring_fused(groups[0], 5, biases[0], apart)
+    assert again.choose_fused(groups, 5, biases, apart) == fuse
+    assert not LinearChooser(path, fuse=False).choose_fused(groups, 5, biases, apart)
+    with pytest.raises(ValueError, match="fuse"):
+        LinearChooser(fuse="yes")
