@@ -155,7 +155,7 @@ def expected_max_normal(means: list[float], sds: list[float]) -> float:
     8 standard deviations under the largest mean (what lies below it has probability < 1e-15). Equal normals are
     counted once, with their multiplicity as a power (a batch's rows mostly share their tokens left)."""
     top, widest = max(means), max(sds)
-    if widest <= 0.0:
+    if widest <= 0.0 or len(means) == 1:  # batch 1 (every iteration there): no integral needed
         return top
     groups = Counter(zip(means, sds))
     lo, hi = top - 8.0 * widest, max(m + 8.0 * s for m, s in groups)

@@ -457,15 +457,15 @@ def _fused_siblings(found: list[_Linear], chooser: LinearChooser, apart: dict[fx
             continue
         signature = (tuple(i.key for i in group), tuple(apart[i.node] for i in group))
         candidates.setdefault(signature, []).append(group)
-    pending = [(sig, g) for sig, g in candidates.items()
+    pending = {sig for sig, g in candidates.items()
                if chooser.needs_measuring_fused([i.weight for i in g[0]], g[0][0].rows, [i.bias for i in g[0]],
-                                                list(sig[1]))]
+                                                list(sig[1]))}
     fused = []
     with tqdm(total=len(pending), desc="time fused sibling linears (once per machine)", unit="group",
               disable=not pending or not chooser.progress) as bar:
-        for (keys, how), groups in candidates.items():
+        for signature, groups in candidates.items():
             if chooser.choose_fused([[i.weight for i in g] for g in groups], groups[0][0].rows,
-                                    [[i.bias for i in g] for g in groups], list(how)):
+                                    [[i.bias for i in g] for g in groups], list(signature[1])):
                 fused += groups
-            bar.update(any(sig == (keys, how) for sig, _ in pending))
+            bar.update(signature in pending)
     return fused
