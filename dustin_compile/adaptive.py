@@ -27,7 +27,9 @@ averaged over the batch. Each gamma is tried once per bucket before
 the model is trusted, and every ``PROBE_EVERY``-th choice probes a neighbour of the best (so a run of gamma = 0
 still learns whether the draft became worth running; as that probe pays the catch-up, its period doubles after each
 probe that leaves gamma = 0 the best, back to ``PROBE_EVERY`` once speculation wins again, and it is skipped where
-the catch-up would cost more than ``PROBE_BUDGET`` of the time plain decoding still needs). A close call is refreshed
+the catch-up would cost more than ``PROBE_BUDGET`` of the time plain decoding still needs); any probe waits until
+the time since the last one pays its expected loss (``PROBE_LOSS`` of it: a deep gamma at batch 4 can cost several
+plain steps more than it commits, a neighbour at batch 1 a few % of one). A close call is refreshed
 more often: where the runner-up's predicted rate is within a share ``gap`` of the best's, the runner-up is taken every
 ``max(2, gap / REFRESH_LOSS)`` choices, which costs at most ``REFRESH_LOSS`` of the rate and keeps both costs current
 (otherwise the loser keeps a cost measured once, in a slower moment of a machine whose speed drifts). A cost not
@@ -99,6 +101,14 @@ CHECK_DECAY = 0.1  # exact mode: weight of one dense check's outcome in the roll
 # where each probe also pays the draft's catch-up and the period doubles up to PROBE_EVERY * 2**MAX_BACKOFF).
 PROBE_EVERY = 16
 MAX_BACKOFF = 4
+# ... and a probe is taken only where its expected loss (its iteration's time less the time the best gamma would need
+# for the tokens it commits) is at most PROBE_LOSS of the time since the last probe; else it waits. At batch 1 a
+# neighbour's loss is a few % of an iteration and this rarely binds; at batch 4 a deep gamma's is several iterations:
+# on the real pair at 2k, batch 4 (AMX host), a gamma = 4 iteration cost ~1.8 s (5-row verification and four draft
+# steps), ~5 plain steps, for ~3.6 tokens per row, and gamma = 2-4 were probed or re-measured one to three times per
+# 48-token call; replayed with those costs (tests/driver/test_adaptive.py) gamma="auto" ran 0.94-0.95x the fixed
+# gamma = 1, 0.985-0.99x with this bound.
+PROBE_LOSS = 0.02
 # ... and such a probe is skipped where the catch-up would cost more than this share of the time plain decoding still
 # needs: the catch-up grows with the streak, so each probe costs the same share of it whatever the period (on the
 # real pair at 1k, one probe after ~30 plain tokens cost ~15 % of a 32-token decode); "never slower than plain
@@ -111,6 +121,10 @@ PROBE_BUDGET = 0.05
 # real pair at 4k (AMX host) gamma = 2 won 30 of 32 iterations on gamma = 1 costs 12 % above those a fixed gamma = 1
 # arm measured in the same run, and ran 0.88x that arm.
 REFRESH_LOSS = 0.01
+# Refreshing plain decoding (gamma = 0) from a speculating best leaves the draft a token behind, and its next step
+# re-runs it: at 2k, batch 4 on the real pair (AMX host) that cost 0.11 s, a fifth of a gamma = 1 iteration, and
+# gamma = 0 as a near-tied runner-up was refreshed every 2-6 iterations (each one then risking a catch-up that no
+# longer paid: the run decoded plainly to its end), 0.93x the fixed gamma = 1. That cost counts in the period.
 # A cost not measured for STALE_AFTER informed choices is stale: the machine it was measured on has drifted since. The
 # next measurement replaces it instead of being averaged into it (DECAY would keep 70 % of a value from another
 # moment), and while the best gamma is speculative, a probe re-measures the stalest other gamma instead of a
@@ -207,6 +221,7 @@ class GammaPlanner:
     since_refresh: int = 0  # informed choices since the runner-up of a close call was last taken
     probes: int = 0  # probes so far (they alternate sides)
     backoff: int = 0  # probes in a row that left gamma = 0 the best: the probe period is PROBE_EVERY * 2**backoff
+    resume_free: bool = False  # the last choice was a plain iteration on purpose from a speculating best (choose)
     checked: float = PRIOR_CHECKED  # exact mode: provisional tokens a check examined (moving sum) ...
     rolled: float = PRIOR_ROLLED  # ... and how many of them it rolled back
     segments: int = 0  # exact mode: informed verification choices so far
@@ -407,7 +422,11 @@ class GammaPlanner:
             speculative = max(range(1, self.gamma_max + 1), key=lambda g: rates[g])
             if self.predict(context, kind, optimistic=True)[speculative] > rates[0]:
                 best, why = speculative, "bound"
-        if best and lag and not self.resume_pays(rates[0], rates[best], lag, remaining, context):
+        # A single plain iteration taken on purpose (a refresh, probe or re-measure of gamma = 0) from a speculating
+        # best paid for the token it leaves the draft behind when it was chosen: it never makes the next choice stay
+        # plain for the catch-up (which at a near tie then never paid: the rest of the call decoded plainly).
+        resume_free, self.resume_free = self.resume_free, False
+        if best and lag and not resume_free and not self.resume_pays(rates[0], rates[best], lag, remaining, context):
             best, why = 0, "catch-up"
         self.choices += 1
         self.since_probe += 1
@@ -417,30 +436,48 @@ class GammaPlanner:
         if why == "best" and self.gamma_max:  # a close call: refresh the runner-up's cost (REFRESH_LOSS)
             runner = max((g for g in rates if g != best), key=lambda g: rates[g])
             gap = 1.0 - rates[runner] / rates[best]
-            period = max(2.0, gap / REFRESH_LOSS)  # past PROBE_EVERY the probes alone keep the costs current
+            # Plain decoding as the runner-up of a speculating best also leaves the draft a token behind, which its
+            # next step re-runs (a wider draft step): that costs the refresh too, in iterations of the best.
+            behind = self.catch_up(1, context) / self.iteration_time(best, context, kind) if best and not runner else 0
+            period = max(2.0, (gap + behind) / REFRESH_LOSS)  # past PROBE_EVERY the probes alone keep costs current
             # Out of a gamma = 0 streak the runner-up pays the draft's catch-up first: within a probe's budget only.
             if self.since_refresh >= period and period <= PROBE_EVERY and (
                     not runner or self.probe_affordable(best, rates[0], lag, remaining, context)):
                 self.since_refresh = 0
+                self.resume_free = not runner
                 self.last = {"why": "refresh", "rates": rates}
                 return runner, rates[runner]
         if self.since_probe >= PROBE_EVERY << self.backoff and self.probe_affordable(best, rates[0], lag, remaining,
                                                                                     context):
             # A probe: the stalest other gamma where one is stale and the best speculates, else a neighbour of the
-            # best, alternating sides.
-            self.since_probe, self.probes = 0, self.probes + 1
+            # best, alternating sides (the other side where that one is out of range or costs more than the budget),
+            # taken once the time since the last probe pays its expected loss (PROBE_LOSS); until then the budget
+            # grows with every choice. A stale gamma waits for its own budget: a cheaper neighbour taken in its place
+            # would spend the budget on every turn, and a cost measured in a slow moment would stand for good.
+            side = 1 if (self.probes + 1) % 2 else -1
             stale = self.stalest(kind, context, best) if best else None
-            if stale is not None:
-                best, why = stale, "stale"
-            else:
+            candidates = ([(stale, "stale")] if stale is not None
+                          else [(best + s, "probe") for s in (side, -side) if 0 <= best + s <= self.gamma_max])
+            budget = PROBE_LOSS * self.since_probe * (self.iteration_time(best, context, kind) or 0.0)
+            pick = next((c for c in candidates if self.probe_loss(c[0], best, rates, context, kind) <= budget), None)
+            if pick is not None:
+                self.since_probe, self.probes = 0, self.probes + 1
                 if not best:
                     self.backoff = min(self.backoff + 1, MAX_BACKOFF)
-                side = 1 if self.probes % 2 else -1
-                if not 0 <= best + side <= self.gamma_max:
-                    side = -side  # at an end of the range: its one neighbour
-                best, why = best + side, "probe"
+                self.resume_free = bool(best) and not pick[0]
+                best, why = pick
         self.last = {"why": why, "rates": rates}
         return best, rates[best]
+
+    def probe_loss(self, gamma: int, best: int, rates: dict[int, float | None], context: int, kind: str) -> float:
+        """Seconds one iteration of ``gamma`` is expected to lose against ``best``: its time, less the time ``best``
+        would need for the tokens it commits (0 where it is not predicted slower), and where it is plain decoding
+        from a speculating best, the token it leaves the draft behind (re-run by the next draft step)."""
+        behind = self.catch_up(1, context) if best and not gamma else 0.0
+        if not rates.get(gamma) or not rates.get(best):
+            return behind
+        slower = max(0.0, 1.0 - rates[gamma] / rates[best])
+        return (self.iteration_time(gamma, context, kind) or 0.0) * slower + behind
 
     def stalest(self, kind: str, context: int, best: int) -> int | None:
         """The gamma other than ``best`` whose ``kind`` verification at this context's bucket was measured longest

@@ -12,8 +12,8 @@ import torch
 
 import dustin
 from dustin.adaptive import (ACCEPT_MEMORY, CHECK_DECAY, MAX_BACKOFF, PROBE_BUDGET, PROBE_EVERY,
-                             PROBE_KIND_EVERY, REFRESH_LOSS, STATE_PRIOR, STOP_Z, GammaPlanner, context_bucket,
-                             expected_max_normal)
+                             PROBE_KIND_EVERY, PROBE_LOSS, REFRESH_LOSS, STATE_PRIOR, STOP_Z, GammaPlanner,
+                             context_bucket, expected_max_normal)
 from dustin.flags import add_config_arguments, config_overrides
 from helpers import always_wrong_draft, deeper_twin, hf_greedy, left_padded, random_prompts, tiny_model
 
@@ -237,15 +237,18 @@ def test_expected_max_of_normals():
     assert expected_max_normal(means, sds) == pytest.approx(float(draws.max(1).values.mean()), abs=2e-3)
 
 
-def _batch_run(choose, calls: int, seed: int, planner: GammaPlanner | None = None, ends: bool = True) -> float:
+def _batch_run(choose, calls: int, seed: int, planner: GammaPlanner | None = None, ends: bool = True,
+               alphas=(0.64, 0.5), verify=None, draft: float = 0.3) -> float:
     """Tokens per second of ``calls`` generate calls of 4 rows x 48 new tokens, each draft accepted with probability
     0.64 (the first) and 0.5 (the second), a step costing what makes gamma = 1 commit 2 % more tokens per second per
     iteration than plain decoding and gamma = 2 2 % fewer; ``choose()`` picks each iteration's gamma. ``planner`` (if
-    given) is fed the true costs and outcomes and, where ``ends``, the rows' tokens left, as the driver does."""
+    given) is fed the true costs and outcomes and, where ``ends``, the rows' tokens left, as the driver does.
+    ``alphas``, ``verify`` ({rows: seconds}) and ``draft`` (seconds per draft token) replace those."""
     rng = torch.Generator().manual_seed(seed)
-    alphas, verify, draft = [0.64, 0.5], {1: 1.0, 2: 1.3, 3: 1.40}, 0.3
-    assert (1 + 0.64) / (verify[2] + draft) == pytest.approx(1.02, abs=0.01)
-    assert (1 + 0.64 + 0.32) / (verify[3] + 2 * draft) == pytest.approx(0.98, abs=0.01)
+    if verify is None:
+        verify = {1: 1.0, 2: 1.3, 3: 1.40}
+        assert (1 + 0.64) / (verify[2] + draft) == pytest.approx(1.02, abs=0.01)
+        assert (1 + 0.64 + 0.32) / (verify[3] + 2 * draft) == pytest.approx(0.98, abs=0.01)
     tokens, seconds = 0, 0.0
     for _ in range(calls):
         left = [48] * 4
@@ -291,6 +294,82 @@ def test_a_short_batch_decodes_plainly_where_its_slowest_row_would_lose_the_gain
         rates[ends] = _batch_run(lambda: planner.choose(8192)[0], calls, seed, planner, ends)
     assert rates[True] >= 0.97 * fixed[0]
     assert rates[True] >= rates[False] + 0.015 * fixed[0]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_probes_at_batch_4_stay_within_their_loss_budget(seed, monkeypatch):
+    """A replay of the real pair at 2k, batch 4 (AMX host, 2026-12-07): verifications of 1-5 rows 0.36 / 0.45 / 0.83
+    / 0.89 / 1.22 s, 0.135 s a draft token, acceptance 0.77 / 0.89 / 0.96 / 0.69 per position; gamma = 1 is best
+    (~4 % ahead of plain decoding), and a gamma = 4 iteration costs ~5 plain steps for ~3.6 tokens per row. Probing
+    (and re-measuring) every PROBE_EVERY choices whatever the probe costs (one to three deep probes per 48-token call
+    on the real pair), gamma="auto" ran ~0.95x the fixed gamma = 1 here; with each probe's expected loss paid from
+    PROBE_LOSS of the time since the last, within 2.5 % of it."""
+    verify, alphas, draft = {1: 0.36, 2: 0.45, 3: 0.83, 4: 0.89, 5: 1.22}, (0.77, 0.89, 0.96, 0.69), 0.135
+    calls = 24
+    fixed = {g: _batch_run(lambda g=g: g, calls, seed, alphas=alphas, verify=verify, draft=draft) for g in range(5)}
+    assert max(fixed, key=fixed.get) == 1
+    rates = {}
+    for budget in (PROBE_LOSS, math.inf):
+        monkeypatch.setattr("dustin.adaptive.PROBE_LOSS", budget)
+        planner = GammaPlanner(4)
+        planner.record_cost("other", 1, 8192, 0.0)
+        rates[budget] = _batch_run(lambda: planner.choose(8192)[0], calls, seed, planner, alphas=alphas,
+                                   verify=verify, draft=draft)
+    assert rates[PROBE_LOSS] >= 0.975 * fixed[1]
+    assert rates[math.inf] <= 0.965 * fixed[1]
+
+
+@pytest.mark.parametrize("catch_up", [0.0, 0.01, 0.11])
+def test_refreshing_plain_decoding_counts_the_token_the_draft_falls_behind(catch_up):
+    """gamma = 0 as a close runner-up of a speculating best: each refresh of it leaves the draft a token behind, which
+    its next step re-runs (``catch_up`` s a token). The refresh period counts that cost in iterations of the best:
+    max(2, (gap + catch_up / T(best)) / REFRESH_LOSS), past PROBE_EVERY no refresh at all. Costs of the real pair at
+    2k, batch 4: a 1 % gap refreshed every 2 choices without it, never with its 0.11 s."""
+    planner, context = GammaPlanner(1), 2048
+    planner.tried, planner.accepted = [SURE], [0.487 * SURE]  # gamma = 1 1 % ahead of plain decoding
+    for key, seconds in {("verify", 1): 0.361, ("verify", 2): 0.433, ("draft", 1): 0.117, ("other", 1): 0.039}.items():
+        planner.record_cost(*key, context, seconds)
+    if catch_up:
+        planner.record_cost("catch_up", 1, context, catch_up)
+    rates = planner.predict(context)
+    gap = 1 - rates[0] / rates[1]
+    assert 0 < gap < 0.02
+    period = max(2.0, (gap + catch_up / 0.589) / REFRESH_LOSS)
+    count = 4 * PROBE_EVERY
+    whys = []
+    for _ in range(count):
+        planner.choose(context)
+        whys.append(planner.last["why"])
+        planner.since_probe = 0  # probes aside: only the refreshes are counted here
+    refreshes = whys.count("refresh")
+    assert refreshes == (count // math.ceil(period) if period <= PROBE_EVERY else 0)
+    assert (refreshes >= count // 2) if not catch_up else (refreshes <= count // 3)
+
+
+def test_a_plain_iteration_on_purpose_does_not_trap_the_call_in_plain_decoding():
+    """A re-measure (or probe) of gamma = 0 from a speculating best leaves the draft behind; at a near tie the catch-up
+    then never pays, so the rest of the call decoded plainly (real pair, 2k, batch 4: 12 speculative iterations, one
+    stale gamma = 0, 28 plain ones). That plain iteration pays for its own lag when chosen (``probe_loss``): the next
+    choice resumes the best, and only a lag from plain iterations chosen as best is weighed against the catch-up."""
+    planner, context = GammaPlanner(1), 2048
+    planner.tried, planner.accepted = [SURE], [0.487 * SURE]  # gamma = 1 1 % ahead of plain decoding
+    for key, seconds in {("verify", 1): 0.361, ("verify", 2): 0.433, ("draft", 1): 0.117, ("other", 1): 0.039,
+                         ("catch_up", 1): 0.11}.items():
+        planner.record_cost(*key, context, seconds)
+    rates = planner.predict(context)
+    assert max(rates, key=rates.get) == 1 and not planner.resume_pays(rates[0], rates[1], 2, 40, context)
+    picks = []
+    for _ in range(6 * PROBE_EVERY):
+        lag = 2 if picks and picks[-1][0] == 0 else 0  # one plain iteration leaves the draft 2 behind here
+        gamma = planner.choose(context, lag=lag, remaining=40)[0]
+        picks.append((gamma, planner.last["why"]))
+    on_purpose = [i for i, (g, why) in enumerate(picks) if g == 0 and why in ("stale", "probe", "refresh")]
+    assert on_purpose and all(picks[i + 1][0] == 1 for i in on_purpose if i + 1 < len(picks))
+    assert all(why != "catch-up" for _, why in picks)
+    # A lag from plain iterations chosen as best (a streak) is still weighed: here resuming does not pay.
+    planner.choose(context)  # (a choice consumes a pending plain iteration on purpose)
+    planner.since_probe = planner.since_refresh = 0
+    assert planner.choose(context, lag=2, remaining=40)[0] == 0 and planner.last["why"] == "catch-up"
 
 
 def real_pair_4k_planner() -> GammaPlanner:
@@ -356,11 +435,12 @@ def test_a_run_of_rejections_does_not_stop_a_paying_draft(seed):
     assert 0.4 < alpha < 0.8
 
 
-def _probe_positions(count: int) -> list[int]:
-    """1-based choices that probe in a gamma = 0 streak: the period doubles after each, up to its cap."""
+def _probe_positions(count: int, min_gap: int = 0) -> list[int]:
+    """1-based choices that probe in a gamma = 0 streak: the period doubles after each, up to its cap, and is at
+    least ``min_gap`` (the choices whose PROBE_LOSS budget pays one probe's expected loss)."""
     positions, at, backoff = [], 0, 0
     while True:
-        at += PROBE_EVERY << backoff
+        at += max(PROBE_EVERY << backoff, min_gap)
         if at > count:
             return positions
         positions.append(at)
@@ -374,7 +454,11 @@ def test_probes_keep_a_gamma_zero_streak_learning():
     count = 40 * PROBE_EVERY
     picks = [planner.choose(3000, lag=5)[0] for _ in range(count)]
     probes = [i + 1 for i, g in enumerate(picks) if g]
-    assert probes == _probe_positions(count) and len(probes) >= 4  # 16, 48, 112, 240, 496, ...
+    # A gamma = 1 probe takes 0.25 s (2-row verification, one draft step) for one token, where plain decoding needs
+    # 0.1 s: it loses 0.15 s, which PROBE_LOSS of 0.1 s per plain choice pays after 75 choices.
+    min_gap = math.ceil(0.15 / (PROBE_LOSS * 0.1) - 1e-9)
+    assert min_gap == 75
+    assert probes == _probe_positions(count, min_gap) and len(probes) >= 4  # 75, 150, 225, 353, 609
     assert set(picks) == {0, 1}  # a probe of gamma = 0's one neighbour
     planner.tried, planner.accepted = [1.0] * 4, [1.0] * 4  # the draft became perfect (as the probes measure)
     planner.costs.clear()
@@ -413,8 +497,16 @@ def test_a_close_call_refreshes_the_runner_up_within_its_loss_bound(second):
     refreshes = [i for i, why in enumerate(whys) if why == "refresh"]
     assert all(picks[i] == 2 for i in refreshes)
     gap = 1 - second
-    if gap / REFRESH_LOSS > PROBE_EVERY:  # far: only the probes (every PROBE_EVERY-th, alternating sides: each side
-        assert not refreshes and picks.count(2) == 2 and picks.count(0) == 2  # is the stalest when its turn comes)
+    if gap / REFRESH_LOSS > PROBE_EVERY:  # far: only the probes, each once the time since the last pays its loss
+        # (PROBE_LOSS of the best's 1 s per choice): gamma = 2 loses 1.667 s x 0.3 = 0.5 s, paid after 25 choices;
+        # gamma = 0 (2 s for a token that gamma = 1 makes in 0.67 s) 1.33 s, after 67: not within 64
+        lost = {g: costs["verify", g + 1] + costs.get(("draft", g), 0.0) - (1 + 0.5 * g - 0.25 * (g == 2)) / 1.5
+                for g in (0, 2)}
+        due = {g: math.ceil(lost[g] / (PROBE_LOSS * 1.0) - 1e-9) for g in lost}
+        assert due == {0: 67, 2: 25}
+        probes = [(i + 1, g) for i, (g, why) in enumerate(zip(picks, whys)) if why in ("probe", "stale")]
+        assert not refreshes and len(probes) == 1 and probes[0][1] == 2
+        assert due[2] <= probes[0][0] <= due[2] + 1  # (0.5 s of budget against a 0.5 s loss: a tie within rounding)
     else:
         period = max(2, math.ceil(gap / REFRESH_LOSS))
         assert len(refreshes) == count // period
@@ -518,9 +610,14 @@ def test_a_probe_out_of_a_gamma_zero_streak_fits_a_budget(lag):
     time plain decoding still needs."""
     planner = GammaPlanner(4)
     context, catch_up, remaining = 3000, 0.05, 200
-    _measured(planner, context, verify=lambda rows: 0.1 * rows, draft_step=0.05)
+    _measured(planner, context, verify=lambda rows: 0.1 + 0.01 * (rows - 1), draft_step=0.02)
     planner.record_cost("catch_up", 1, context, catch_up)
-    planner.tried, planner.accepted = [SURE] * 4, [0.0] * 4  # gamma = 0 is best: 0.1 s per token
+    # gamma = 0 is best (0.1 s per token) by more than a close call's margin; gamma = 1 (0.13 s for a token) loses
+    # 0.03 s, within PROBE_LOSS of the time since the last probe: only the catch-up decides
+    planner.tried, planner.accepted = [SURE] * 4, [0.0] * 4
+    rates = planner.predict(context)
+    assert 1 - rates[1] / rates[0] > PROBE_EVERY * REFRESH_LOSS
+    assert 0.13 * (1 - rates[1] / rates[0]) <= PROBE_LOSS * PROBE_EVERY * 0.1
     picks = [planner.choose(context, lag=lag, remaining=remaining)[0] for _ in range(PROBE_EVERY)]
     affordable = lag * catch_up <= PROBE_BUDGET * remaining * 0.1 + 1e-12  # 20 tokens of catch-up = 1 s = 5 % of 20 s
     assert picks == [0] * (PROBE_EVERY - 1) + [1 if affordable else 0]
