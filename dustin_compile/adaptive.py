@@ -32,7 +32,10 @@ the time since the last one pays its expected loss (``PROBE_LOSS`` of it: a deep
 plain steps more than it commits, a neighbour at batch 1 a few % of one). A close call is refreshed
 more often: where the runner-up's predicted rate is within a share ``gap`` of the best's, the runner-up is taken every
 ``max(2, gap / REFRESH_LOSS)`` choices, which costs at most ``REFRESH_LOSS`` of the rate and keeps both costs current
-(otherwise the loser keeps a cost measured once, in a slower moment of a machine whose speed drifts). A cost not
+(otherwise the loser keeps a cost measured once, in a slower moment of a machine whose speed drifts); where the
+runner-up is plain decoding and the best speculates, ``gap`` also counts the token that leaves the draft behind (its
+next step re-runs it), and such a plain iteration on purpose (a refresh, probe or re-measure) has paid for that lag
+when chosen: the next choice resumes the best without weighing the catch-up. A cost not
 re-measured for ``STALE_AFTER`` choices is stale: its next measurement replaces it, and while speculation is best
 the probes re-measure the stalest gamma first (an abandoned gamma's cost from a slow moment would otherwise stand for
 the rest of the run). A cost not measured at this bucket is interpolated (or borrowed from the nearest bucket). The planner lives on the model, so what
