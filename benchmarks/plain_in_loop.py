@@ -48,9 +48,10 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def scripted(planner, first: list[int], compute: bool):
-    """A stand-in for ``planner.choose``: the gammas of ``first``, then 0; with ``compute``, after the real choice."""
-    real, left = planner.choose, list(first)
+def scripted(planner, real, first: list[int], compute: bool):
+    """A stand-in for ``planner.choose``: the gammas of ``first``, then 0; with ``compute``, after the planner's real
+    choice ``real`` (its own ``choose``, bound)."""
+    left = list(first)
 
     def choose(*args, **kwargs):
         if compute:
@@ -101,8 +102,7 @@ def main() -> int:
         for arm in ARMS:
             model, use_draft, script = setups[arm]
             if script is not None:
-                model.planner.choose = real_choose  # scripted() wraps the planner's own choice
-                model.planner.choose = scripted(model.planner, *script)
+                model.planner.choose = scripted(model.planner, real_choose, *script)
             one_row.clear()
             out = model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft)
             results[arm].append((out.stats.decode_tokens_per_second, statistics.median(one_row)))

@@ -439,9 +439,11 @@ class GammaPlanner:
         if why == "best" and self.gamma_max:  # a close call: refresh the runner-up's cost (REFRESH_LOSS)
             runner = max((g for g in rates if g != best), key=lambda g: rates[g])
             gap = 1.0 - rates[runner] / rates[best]
-            # Plain decoding as the runner-up of a speculating best also leaves the draft a token behind, which its
-            # next step re-runs (a wider draft step): that costs the refresh too, in iterations of the best.
-            behind = self.catch_up(1, context) / self.iteration_time(best, context, kind) if best and not runner else 0
+            # Plain decoding as the runner-up of a speculating best also leaves the draft a token behind: that costs
+            # the refresh too, in iterations of the best.
+            behind = self.left_behind(runner, best, context)
+            if behind:
+                behind /= self.iteration_time(best, context, kind)
             period = max(2.0, (gap + behind) / REFRESH_LOSS)  # past PROBE_EVERY the probes alone keep costs current
             # Out of a gamma = 0 streak the runner-up pays the draft's catch-up first: within a probe's budget only.
             if self.since_refresh >= period and period <= PROBE_EVERY and (
@@ -476,11 +478,16 @@ class GammaPlanner:
         """Seconds one iteration of ``gamma`` is expected to lose against ``best``: its time, less the time ``best``
         would need for the tokens it commits (0 where it is not predicted slower), and where it is plain decoding
         from a speculating best, the token it leaves the draft behind (re-run by the next draft step)."""
-        behind = self.catch_up(1, context) if best and not gamma else 0.0
+        behind = self.left_behind(gamma, best, context)
         if not rates.get(gamma) or not rates.get(best):
             return behind
         slower = max(0.0, 1.0 - rates[gamma] / rates[best])
         return (self.iteration_time(gamma, context, kind) or 0.0) * slower + behind
+
+    def left_behind(self, gamma: int, best: int, context: int) -> float:
+        """Seconds an iteration of ``gamma`` instead of a speculating ``best`` costs the draft: plain decoding leaves
+        it a token behind, which its next step re-runs (a wider draft step; measured as the catch-up per token)."""
+        return self.catch_up(1, context) if best and not gamma else 0.0
 
     def stalest(self, kind: str, context: int, best: int) -> int | None:
         """The gamma other than ``best`` whose ``kind`` verification at this context's bucket was measured longest

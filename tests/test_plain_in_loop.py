@@ -25,7 +25,7 @@ def _planner() -> GammaPlanner:
 def test_the_script_then_plain_decoding():
     for compute in (False, True):
         planner = _planner()
-        choose = scripted(planner, [2, 1], compute)
+        choose = scripted(planner, planner.choose, [2, 1], compute)
         picks = [choose(2048)[0] for _ in range(5)]
         assert picks == [2, 1, 0, 0, 0]
         assert planner.last["why"] == "scripted"
