@@ -21,7 +21,10 @@ ratio to that round's ``ar``: the tightest comparison a drifting machine allows.
 PNG plot, and
 for ``gamma="auto"`` arms a JSON of every iteration's choice (context, gamma, why, the predicted tokens/s of each gamma;
 the untimed learning run first, then the repeats) beside them, and one of each such arm's planner at its end
-(acceptance per draft position, ms per step by kind and rows: what the choices were made from).
+(acceptance per draft position, ms per step by kind and rows: what the choices were made from), and one of every dustin
+arm's new tokens (``-tokens.json``: in the lossy modes each arm writes its own continuation from its first token
+that differs from the target's, so their speeds also compare texts). ``--prompt-start`` runs the same settings on
+another prompt (another place in the essays).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from dustin import assets  # noqa: E402
 from dustin.kernels import cpu_ext  # noqa: E402
 from dustin.flags import add_config_arguments, config_overrides  # noqa: E402
 from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
-from texts import long_prompts  # noqa: E402
+from texts import ROW_STARTS, long_prompts  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -58,6 +61,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per arm after warm-up; the median is reported")
     p.add_argument("--arms", default="ar,sparse-ar,dense,sparse,exact,guarded")
+    p.add_argument("--prompt-start", type=int, default=0, choices=range(ROW_STARTS), metavar=f"0..{ROW_STARTS - 1}",
+                   help="where in the essays the prompts start (row b at place start + b of 7, spread evenly): the "
+                        "same settings on another text [0]")
     p.add_argument("--interleave-ar", action="store_true",
                    help="run an ar arm between every two dustin arms (and first and last), so that each arm's vs_ar "
                         "compares it with ar measured just before and after it: this machine drifts within a run")
@@ -273,10 +279,10 @@ def main() -> int:
     resolve_pair(args)
     target, draft, tokenizer = load(args)
     profile = dustin.DustinProfile.load(args.profile) if args.profile else None
-    rows, prefills, decisions, planners = [], {}, {}, {}
+    rows, prefills, decisions, planners, tokens = [], {}, {}, {}, {}
     for context in args.context:
         for batch in args.batch:
-            ids = torch.tensor(long_prompts(tokenizer, context, batch))
+            ids = torch.tensor(long_prompts(tokenizer, context, batch, args.prompt_start))
             cfg = args.config
             margin = cfg.max_draft + 1 + cfg.exact_every + cfg.max_draft
             max_length = -(-(context + args.new_tokens + margin) // 256) * 256
@@ -316,6 +322,7 @@ def main() -> int:
                     with cpu_kernels(arm):
                         entries[arm] = run_dustin(arm, args, first, ids)
                 model, out, warm_s, spread, trace = summarize(entries[arm])
+                tokens[f"{context}x{batch} {arm}"] = out.sequences[:, context:].tolist()
                 if reference is None and arm.split("@")[0] in ("dense", "ar"):
                     reference = out.sequences  # the target's own greedy tokens
                 s = out.stats
@@ -339,7 +346,7 @@ def main() -> int:
             entries.clear()
     if not args.round_robin:
         vs_ar(rows)
-    report(rows, args, prefills, decisions, planners)
+    report(rows, args, prefills, decisions, planners, tokens)
     return 0
 
 
@@ -407,7 +414,7 @@ def output_stem(out: str, stamp: str) -> str:
     return out[: -len(".csv")] if out.endswith(".csv") else os.path.join(out, f"e2e-{stamp}")
 
 
-def report(rows, args, prefills, decisions, planners) -> None:
+def report(rows, args, prefills, decisions, planners, tokens) -> None:
     stem = output_stem(args.out, time.strftime("%Y%m%d-%H%M%S"))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     cfg = args.config
@@ -421,6 +428,10 @@ def report(rows, args, prefills, decisions, planners) -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"csv: {path}")
+    path = f"{stem}-tokens.json"  # each dustin arm's new tokens per row (greedy: every run of an arm writes the same)
+    with open(path, "w") as f:
+        json.dump(tokens, f)
+    print(f"new tokens per arm: {path}")
     if decisions:  # gamma="auto": every iteration's choice, why, and the tokens/s the planner predicted per gamma
         path = f"{stem}-decisions.json"
         with open(path, "w") as f:

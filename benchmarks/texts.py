@@ -11,13 +11,15 @@ from dustin import assets
 ROW_STARTS = 7  # distinct places a prompt row starts at, spread evenly over the essays
 
 
-def long_prompts(tokenizer, context: int, batch: int) -> list[list[int]]:
+def long_prompts(tokenizer, context: int, batch: int, first: int = 0) -> list[list[int]]:
     """``batch`` prompts of exactly ``context`` tokens from the essays, read cyclically paragraph by paragraph (one
-    tokenizer call each, so no call sees the whole 640 kB). Row ``b`` starts ``b / ROW_STARTS`` of the way in, so a
-    row's prompt does not depend on the batch size."""
+    tokenizer call each, so no call sees the whole 640 kB). Row ``b`` starts ``(first + b) / ROW_STARTS`` of the way
+    in, so a row's prompt does not depend on the batch size (``first``: another text for the same settings)."""
+    if not 0 <= first < ROW_STARTS:
+        raise ValueError(f"first must be one of the {ROW_STARTS} starting places 0..{ROW_STARTS - 1}, got {first}")
     paragraphs = assets.text("essays").split("\n\n")
     out = []
-    for b in range(batch):
+    for b in range(first, first + batch):
         ids: list[int] = []
         i = b * len(paragraphs) // ROW_STARTS
         while len(ids) < context:

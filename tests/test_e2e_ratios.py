@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from e2e import interleave_ar, output_stem, vs_ar  # noqa: E402
 
@@ -106,3 +108,23 @@ def test_out_is_a_directory_of_stamped_files_or_names_them():
     assert output_stem("benchmarks/results", "20261207-051415") == "benchmarks/results/e2e-20261207-051415"
     assert output_stem("docs/speed/e2e_8k_b4.csv", "20261207-051415") == "docs/speed/e2e_8k_b4"
     assert output_stem("run.csv", "x") == "run"
+
+
+def test_prompts_from_another_start_are_the_rows_further_in(monkeypatch):
+    """``--prompt-start k``: row b is the prompt that row k + b is from start 0 (another text, same settings)."""
+    import texts
+
+    paragraphs = [" ".join(f"p{i}w{j}" for j in range(i % 5 + 3)) for i in range(70)]
+    monkeypatch.setattr(texts.assets, "text", lambda name: "\n\n".join(paragraphs))
+
+    class WordTokenizer:
+        def __call__(self, text):
+            return type("Encoding", (), {"input_ids": [hash(w) % 1000 for w in text.split()]})()
+
+    tok = WordTokenizer()
+    base = texts.long_prompts(tok, 40, texts.ROW_STARTS)
+    assert len({tuple(row) for row in base}) == texts.ROW_STARTS and all(len(row) == 40 for row in base)
+    for first in range(texts.ROW_STARTS - 2):
+        assert texts.long_prompts(tok, 40, 2, first) == base[first : first + 2]
+    with pytest.raises(ValueError, match="starting places"):
+        texts.long_prompts(tok, 40, 1, texts.ROW_STARTS)
