@@ -103,23 +103,22 @@ def measure(model, passages: torch.Tensor, context: int, gammas: list[int], wind
     return rows
 
 
+def _mean(cell: list[dict], key: str) -> float:
+    values = [r[key] for r in cell if r[key] != ""]  # "" where a row judges no draft
+    return sum(values) / len(values) if values else float("nan")
+
+
 def summary(rows: list[dict], gammas: list[int]) -> list[dict]:
     """Per gamma and row: means of the 0/1 columns and the recovery (each window's counted once per row)."""
     out = []
     for gamma in gammas:
         for i in range(gamma + 1):
             cell = [r for r in rows if r["gamma"] == gamma and r["row"] == i]
-            if not cell:
-                continue
-
-            def mean(key):
-                values = [r[key] for r in cell if r[key] != ""]
-                return sum(values) / len(values) if values else float("nan")
-
-            out.append(dict(gamma=gamma, row=i, n=len(cell), draft_equals_sparse=mean("draft_equals_sparse"),
-                            draft_equals_dense=mean("draft_equals_dense"),
-                            sparse_equals_dense=mean("sparse_equals_dense"), recovery=mean("recovery"),
-                            estimated_recovery=mean("estimated_recovery")))
+            if cell:
+                out.append(dict(gamma=gamma, row=i, n=len(cell),
+                                **{key: _mean(cell, key) for key in ("draft_equals_sparse", "draft_equals_dense",
+                                                                     "sparse_equals_dense", "recovery",
+                                                                     "estimated_recovery")}))
     return out
 
 
