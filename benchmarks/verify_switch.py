@@ -1,7 +1,7 @@
 """What a verification costs inside the loop when its row count changes from one iteration to the next (real pair).
 
     python benchmarks/verify_switch.py --context 4096               # ~8 min here
-    python benchmarks/verify_switch.py --context 16384              # ~18 min here (prefill ~7 min)
+    python benchmarks/verify_switch.py --context 16384              # ~14 min here (prefill and graphs ~8 min)
 
 ``gamma="auto"`` learns each gamma's cost from the iterations that ran it, and a gamma it takes rarely (a probe, a
 re-measured stale cost) runs between long streaks of another. If a verification of a row count costs more when the
