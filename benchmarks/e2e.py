@@ -47,7 +47,7 @@ import dustin  # noqa: E402
 from dustin import assets  # noqa: E402
 from dustin.kernels import cpu_ext  # noqa: E402
 from dustin.flags import add_config_arguments, config_overrides  # noqa: E402
-from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
+from pair_args import add_pair_arguments, check_pair_arguments, load_pair  # noqa: E402
 from texts import ROW_STARTS, long_prompts  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -140,13 +140,6 @@ def resolve_pair(args) -> None:
         args.profile = None
 
 
-def load(args):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = DTYPES[args.dtype]
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype, attn_implementation="sdpa")
-    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=dtype, attn_implementation="sdpa")
-    return target.eval(), draft.eval(), AutoTokenizer.from_pretrained(args.target)
 
 
 def arm_config(arm: str) -> tuple[dict, bool]:
@@ -277,7 +270,7 @@ def main() -> int:
     os.makedirs(os.path.dirname(output_stem(args.out, "")) or ".", exist_ok=True)  # unwritable: fail before prefill
     torch.manual_seed(0)
     resolve_pair(args)
-    target, draft, tokenizer = load(args)
+    target, draft, tokenizer = load_pair(args.target, args.draft, DTYPES[args.dtype])
     profile = dustin.DustinProfile.load(args.profile) if args.profile else None
     rows, prefills, decisions, planners, tokens = [], {}, {}, {}, {}
     for context in args.context:

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
 from dustin import assets  # noqa: E402
 from dustin.fidelity import TeacherForced  # noqa: E402
-from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
+from pair_args import add_pair_arguments, check_pair_arguments, load_pair  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
 
@@ -125,13 +125,8 @@ def summary(rows: list[dict], gammas: list[int]) -> list[dict]:
 def main() -> int:
     args = parse()
     if args.target is None:
-        args.target, args.draft = map(str, assets.pair_dirs())
         args.profile = args.profile or assets.pair_profile()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32, attn_implementation="sdpa").eval()
-    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32, attn_implementation="sdpa").eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.target)
+    target, draft, tokenizer = load_pair(args.target, args.draft)
     need = args.context + (len(args.gammas) * args.windows + 2) * (max(args.gammas) + 1)
     passages = torch.tensor(long_prompts(tokenizer, need, 1))
     model = dustin.compile(target, draft, profile=args.profile, mode="sparse", budget=args.budget, gamma="auto",

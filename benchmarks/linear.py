@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
 from dustin.kernels import pack_weight  # noqa: E402
 from dustin.kernels.linear import packed_linear_cat_reference  # noqa: E402
-from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
+from pair_args import add_pair_arguments, check_pair_arguments, load_pair  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -206,20 +206,17 @@ def plot(linears: list[dict], rows: list[int], path: str) -> None:
 
 def main() -> None:
     args = parse()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch.set_grad_enabled(False)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; {args.dtype}", flush=True)
     dtype = getattr(torch, args.dtype)
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype, attn_implementation="sdpa").eval()
-    draft = AutoModelForCausalLM.from_pretrained(args.draft, dtype=dtype, attn_implementation="sdpa").eval()
+    target, draft, tokenizer = load_pair(args.target, args.draft, dtype)
     linears = [] if args.skip_linears else [
         row for name, model in (("target", target), ("draft", draft))
         for row in per_linear(name, model, args.rows, args.repeats) + per_fused(name, model, args.rows, args.repeats)]
     steps = []
     if args.context:
-        steps = per_step(target, draft, AutoTokenizer.from_pretrained(args.target), args.rows, args.context,
+        steps = per_step(target, draft, tokenizer, args.rows, args.context,
                          args.repeats)
     os.makedirs(args.out, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

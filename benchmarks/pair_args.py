@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from dustin import assets
 
 
@@ -19,3 +21,15 @@ def check_pair_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, r
         p.error("give both --target and --draft, or neither (dustin.assets' default pair)")
     if resolve and args.target is None:
         args.target, args.draft = map(str, assets.pair_dirs())
+
+
+def load_pair(target: str | None = None, draft: str | None = None, dtype: torch.dtype = torch.float32):
+    """(target, draft, tokenizer): both checkpoints in ``dtype`` with SDPA attention (what dustin rewrites), in eval
+    mode, and the target's tokenizer; ``target`` and ``draft`` None: the default pair's directories."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if target is None:
+        target, draft = map(str, assets.pair_dirs())
+    models = [AutoModelForCausalLM.from_pretrained(d, dtype=dtype, attn_implementation="sdpa").eval()
+              for d in (target, draft)]
+    return models[0], models[1], AutoTokenizer.from_pretrained(target)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
 import statistics
 import sys
@@ -31,7 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
-from dustin import assets, driver  # noqa: E402
+from dustin import assets  # noqa: E402
+from pair_args import load_pair  # noqa: E402
+from scripted_loop import scripted, timed  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
 ARMS = ("ar", "loop, gamma 0", "loop, planner + gamma 0", "loop, gamma 2 x 2, then 0")
@@ -48,29 +51,11 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def scripted(planner, real, first: list[int], compute: bool):
-    """A stand-in for ``planner.choose``: the gammas of ``first``, then 0; with ``compute``, after the planner's real
-    choice ``real`` (its own ``choose``, bound)."""
-    left = list(first)
-
-    def choose(*args, **kwargs):
-        if compute:
-            real(*args, **kwargs)
-        planner.last = {"why": "scripted", "rates": {}}
-        return (left.pop(0) if left else 0), None
-
-    return choose
-
-
 def main() -> int:
     args = parse()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target_dir, draft_dir = map(str, assets.pair_dirs())
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
-    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
-    ids = torch.tensor(long_prompts(AutoTokenizer.from_pretrained(target_dir), args.context, args.batch))
+    target, draft, tokenizer = load_pair()
+    ids = torch.tensor(long_prompts(tokenizer, args.context, args.batch))
     profile = dustin.DustinProfile.load(assets.pair_profile())
     max_length = -(-(args.context + args.new_tokens + 32) // 256) * 256
     first = dustin.compile(target, draft, mode="dense", max_length=max_length, profile=profile)
@@ -84,30 +69,29 @@ def main() -> int:
     real_choose = loop.planner.choose
 
     one_row: list[float] = []
-    verify = driver.Generation.verify
 
-    def timed_verify(self, drafted, role):
-        began = time.perf_counter()
-        out = verify(self, drafted, role)
-        if not self.gamma:
-            one_row.append(time.perf_counter() - began)
-        return out
+    def record(generation, seconds):
+        if not generation.gamma:
+            one_row.append(seconds)
 
-    driver.Generation.verify = timed_verify
+    # arm -> (model, use_draft, (the gammas before plain decoding, whether the planner's real choice is made first))
     setups = {"ar": (ar, False, None), "loop, gamma 0": (loop, True, ([], False)),
               "loop, planner + gamma 0": (loop, True, ([], True)),
               "loop, gamma 2 x 2, then 0": (loop, True, ([2, 2], False))}
     results = {arm: [] for arm in ARMS}
-    for n in range(args.rounds):
-        for arm in ARMS:
-            model, use_draft, script = setups[arm]
-            if script is not None:
-                model.planner.choose = scripted(model.planner, real_choose, *script)
-            one_row.clear()
-            out = model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft)
-            results[arm].append((out.stats.decode_tokens_per_second, statistics.median(one_row)))
-        print(f"round {n + 1}: " + ", ".join(f"{arm} {results[arm][-1][0]:.2f} tok/s" for arm in ARMS), file=sys.stderr)
-    driver.Generation.verify = verify
+    with timed("verify", record):
+        for n in range(args.rounds):
+            for arm in ARMS:
+                model, use_draft, script = setups[arm]
+                if script is not None:
+                    first, compute = script
+                    model.planner.choose = scripted(model.planner, itertools.chain(first, itertools.repeat(0)),
+                                                    real_choose if compute else None)
+                one_row.clear()
+                out = model.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[], use_draft=use_draft)
+                results[arm].append((out.stats.decode_tokens_per_second, statistics.median(one_row)))
+            print(f"round {n + 1}: " + ", ".join(f"{arm} {results[arm][-1][0]:.2f} tok/s" for arm in ARMS),
+                  file=sys.stderr)
 
     rows = []
     for arm in ARMS:

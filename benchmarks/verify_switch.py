@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import itertools
 import os
 import statistics
 import sys
@@ -31,7 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dustin  # noqa: E402
-from dustin import assets, driver  # noqa: E402
+from dustin import assets  # noqa: E402
+from pair_args import load_pair  # noqa: E402
+from scripted_loop import scripted, timed  # noqa: E402
 from texts import long_prompts  # noqa: E402
 
 SEQUENCES = {"gamma 1": [1], "gamma 2": [2], "gamma 4": [4], "gamma 1 and 2 in turn": [1, 2],
@@ -49,28 +52,11 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def cycling(planner, pattern: list[int]):
-    """A stand-in for ``planner.choose``: the gammas of ``pattern``, over and over."""
-    taken = [0]
-
-    def choose(*args, **kwargs):
-        planner.last = {"why": "scripted", "rates": {}}
-        gamma = pattern[taken[0] % len(pattern)]
-        taken[0] += 1
-        return gamma, None
-
-    return choose
-
-
 def main() -> int:
     args = parse()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target_dir, draft_dir = map(str, assets.pair_dirs())
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
-    draft = AutoModelForCausalLM.from_pretrained(draft_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
-    ids = torch.tensor(long_prompts(AutoTokenizer.from_pretrained(target_dir), args.context, 1))
+    target, draft, tokenizer = load_pair()
+    ids = torch.tensor(long_prompts(tokenizer, args.context, 1))
     max_length = -(-(args.context + args.new_tokens + 32) // 256) * 256
     loop = dustin.compile(target, draft, mode=args.mode, max_length=max_length,
                           profile=dustin.DustinProfile.load(assets.pair_profile()))
@@ -80,31 +66,20 @@ def main() -> int:
 
     current = [""]
     verify_ms, draft_ms = collections.defaultdict(list), collections.defaultdict(list)
-    verify, draft_phase = driver.Generation.verify, driver.Generation.draft
 
-    def timed_verify(self, drafted, role):
-        began = time.perf_counter()
-        out = verify(self, drafted, role)
-        verify_ms[(current[0], self.gamma + 1)].append(1e3 * (time.perf_counter() - began))
-        return out
+    def record(into):
+        def add(generation, seconds):
+            if generation.gamma:  # every iteration here speculates; keyed by the rows its verification had
+                into[(current[0], generation.gamma + 1)].append(1e3 * seconds)
+        return add
 
-    def timed_draft(self):
-        began = time.perf_counter()
-        out = draft_phase(self)
-        if self.gamma:
-            draft_ms[(current[0], self.gamma + 1)].append(1e3 * (time.perf_counter() - began))
-        return out
-
-    driver.Generation.verify, driver.Generation.draft = timed_verify, timed_draft
-    try:
+    with timed("verify", record(verify_ms)), timed("draft", record(draft_ms)):
         for n in range(args.rounds):
             for name, pattern in SEQUENCES.items():
-                loop.planner.choose = cycling(loop.planner, pattern)
+                loop.planner.choose = scripted(loop.planner, itertools.cycle(pattern))
                 current[0] = name
                 loop.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=[])
             print(f"round {n + 1} of {args.rounds}", file=sys.stderr)
-    finally:
-        driver.Generation.verify, driver.Generation.draft = verify, draft_phase
 
     rows = [dict(context=args.context, mode=args.mode, sequence=name, rows=r, verifications=len(times),
                  verify_ms=statistics.median(times), draft_ms=statistics.median(draft_ms[(name, r)]))
