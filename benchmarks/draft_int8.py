@@ -4,16 +4,19 @@
 
 Per linear: every distinct linear of the draft (q/k/v/o, gate/up/down through all layers in turn, so the weights
 leave the cache as in a real step; the LM head once), fp32 ``F.linear`` against ``Int8Linear``
-(dustin_compile/draftquant.py: weight-only int8, one bf16 scale per output row) at each of ``--rows``; medians of
-``--repeats``, and the sum over the draft (what one decode step's linears cost). Acceptance: teacher-forced top-1
-agreement of the draft with the target on ``--tokens`` tokens of the essays (the share of positions where the draft's
-greedy token is the target's, the acceptance of a greedy draft's first token), fp32 draft against its int8 view.
-Writes a CSV under ``--out``.
+(dustin_compile/draftquant.py: weight-only int8, one bf16 scale per output row) at each of ``--rows``, through
+dustin's int8 kernel (kernels/linear/int8_linear.cpp, ``int8_ms``; where it is built) and through torch's
+``_weight_int8pack_mm`` (``int8_torch_ms``), the three taking turns in each repeat; medians of ``--repeats``, and
+the sum over the draft (what one decode step's linears cost). Acceptance: teacher-forced top-1 agreement of the draft
+with the target on ``--tokens`` tokens of the essays (the share of positions where the draft's greedy token is the
+target's, the acceptance of a greedy draft's first token), fp32 draft against its int8 views. Writes a CSV under
+``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import platform
@@ -24,7 +27,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dustin.draftquant import Int8Linear, convertible, int8_draft  # noqa: E402
-from dustin.passes.linear import median_ms  # noqa: E402
 from linear import linear_groups  # noqa: E402
 from pair_args import add_pair_arguments, check_pair_arguments  # noqa: E402
 from texts import long_prompts  # noqa: E402
@@ -44,6 +46,13 @@ def parse() -> argparse.Namespace:
     return args
 
 
+def torch_kernel(module: Int8Linear) -> Int8Linear:
+    """The same int8 module on torch's kernel (bf16 activations), whichever one it chose."""
+    twin = copy.copy(module)
+    twin.kernel = False
+    return twin
+
+
 def per_linear(draft, rows: list[int], repeats: int) -> list[dict]:
     out = []
     for name, mods in linear_groups(draft).items():
@@ -52,31 +61,52 @@ def per_linear(draft, rows: list[int], repeats: int) -> list[dict]:
             continue
         with torch.no_grad():
             quantized = [Int8Linear(m) for m in mods]
+        on_torch = [torch_kernel(m) for m in quantized]
         width = mods[0].in_features
         for n in rows:
             x = torch.randn(n, width)
 
             def run(layers):
-                for layer in layers:
-                    layer(x)
+                with torch.no_grad():
+                    for layer in layers:
+                        layer(x)
 
-            fp32 = median_ms(lambda: run(mods), repeats)
-            int8 = median_ms(lambda: run(quantized), repeats)
+            arms = (("fp32", mods), ("int8", quantized), ("int8_torch", on_torch))
+            for _, layers in arms:
+                run(layers)  # warm-up
+            times = {key: [] for key, _ in arms}
+            for _ in range(repeats):  # in turn: a drift of the host moves all three alike
+                for key, layers in arms:
+                    start = time.perf_counter()
+                    run(layers)
+                    times[key].append((time.perf_counter() - start) * 1e3)
+            fp32, int8, int8_torch = (sorted(times[k])[repeats // 2] for k in ("fp32", "int8", "int8_torch"))
             out.append({"linear": name, "shape": f"{mods[0].out_features}x{width}", "layers": len(mods), "rows": n,
-                        "fp32_ms": round(fp32, 3), "int8_ms": round(int8, 3), "speedup": round(fp32 / int8, 2)})
+                        "fp32_ms": round(fp32, 3), "int8_ms": round(int8, 3), "speedup": round(fp32 / int8, 2),
+                        "int8_torch_ms": round(int8_torch, 3), "kernel": "dustin" if quantized[0].kernel else "torch",
+                        "vs_torch_int8": round(int8_torch / int8, 2)})
             print(f"{name:<10} {out[-1]['shape']:>12} x{len(mods):<3} {n} rows: fp32 {fp32:8.2f} ms  "
-                  f"int8 {int8:8.2f} ms  {fp32 / int8:5.2f}x", file=sys.stderr)
+                  f"int8 {int8:8.2f} ms  {fp32 / int8:5.2f}x  (torch's int8 {int8_torch:8.2f} ms: "
+                  f"{int8_torch / int8:4.2f}x)", file=sys.stderr)
     return out
 
 
 def agreement(target, draft, ids: torch.Tensor) -> dict[str, float]:
     """Share of positions where each draft's greedy next token equals the target's (teacher-forced)."""
+    view = int8_draft(draft)
+    on_torch = int8_draft(draft)
+    for module in on_torch.modules():
+        if isinstance(module, Int8Linear):
+            module.kernel = False
     with torch.no_grad():
         want = target(ids).logits.argmax(-1)
         fp32 = draft(ids).logits.argmax(-1)
-        int8 = int8_draft(draft)(ids).logits.argmax(-1)
+        int8 = view(ids).logits.argmax(-1)
+        int8_torch = on_torch(ids).logits.argmax(-1)
     return {"fp32": (fp32 == want).float().mean().item(), "int8": (int8 == want).float().mean().item(),
-            "int8_vs_fp32_draft": (int8 == fp32).float().mean().item()}
+            "int8_vs_fp32_draft": (int8 == fp32).float().mean().item(),
+            "int8_torch": (int8_torch == want).float().mean().item(),
+            "int8_torch_vs_fp32_draft": (int8_torch == fp32).float().mean().item()}
 
 
 def main() -> int:
@@ -89,11 +119,11 @@ def main() -> int:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"# draft_int8: {machine}; {args.draft}")
     rows = per_linear(draft, args.rows, args.repeats)
-    print(f"{'rows':>4}  {'draft linears fp32 ms':>22}  {'int8 ms':>8}  speedup")
+    print(f"{'rows':>4}  {'draft linears fp32 ms':>22}  {'int8 ms':>8}  speedup  {'torch int8 ms':>13}")
     for n in args.rows:
-        fp32 = sum(r["fp32_ms"] for r in rows if r["rows"] == n)
-        int8 = sum(r["int8_ms"] for r in rows if r["rows"] == n)
-        print(f"{n:>4}  {fp32:>22.1f}  {int8:>8.1f}  {fp32 / int8:.2f}x")
+        fp32, int8, int8_torch = (sum(r[k] for r in rows if r["rows"] == n)
+                                  for k in ("fp32_ms", "int8_ms", "int8_torch_ms"))
+        print(f"{n:>4}  {fp32:>22.1f}  {int8:>8.1f}  {fp32 / int8:6.2f}x  {int8_torch:>13.1f}")
     if args.tokens:
         target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(args.target)
@@ -101,12 +131,12 @@ def main() -> int:
         agree = agreement(target, draft, ids)
         print(f"teacher-forced top-1 agreement with the target on {args.tokens} essay tokens: fp32 draft "
               f"{agree['fp32']:.3f}, int8 draft {agree['int8']:.3f} (int8 vs fp32 draft: "
-              f"{agree['int8_vs_fp32_draft']:.3f})")
-        rows.append({"linear": "agreement", "shape": f"{args.tokens} tokens", "layers": "", "rows": "",
-                     "fp32_ms": "", "int8_ms": "", "speedup": "", **agree})
+              f"{agree['int8_vs_fp32_draft']:.3f}); on torch's int8 kernel {agree['int8_torch']:.3f} "
+              f"({agree['int8_torch_vs_fp32_draft']:.3f})")
+        rows.append({"linear": "agreement", "shape": f"{args.tokens} tokens", **agree})
     path = os.path.join(args.out, f"draft_int8-{time.strftime('%Y%m%d-%H%M%S')}.csv")
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         writer.writeheader()
         writer.writerows(rows)
     print(f"csv: {path}")

@@ -1,12 +1,16 @@
 """``draft_quant="int8"``: the draft's decode steps run its linear layers on int8 weights (weight-only, one scale per
-output row; activations are rounded to bf16 inside the product and the result is cast back).
+output row). A float32 draft's products run dustin's kernel (``dustin::int8_linear``, kernels/linear/int8.py: float32
+activations and accumulation) where dustin's C++ CPU kernels are built, else torch's ``_weight_int8pack_mm``
+(activations rounded to bf16 inside the product, the result cast back); a bfloat16 draft always runs torch's.
 
 Why: a one-row draft step streams every draft weight once, so its time is its weight bytes over the memory
 bandwidth: the real 0.5B draft streams ~2 GB of fp32 per step, about 40 % of a 1.5B target step, and that is what
 caps classic speculative decoding on a CPU (README, "`gamma="auto"` after the acceptance fix"). int8 weights are a
-quarter of those bytes. Weight-only (``torch._weight_int8pack_mm``) rather than dynamic int8 activations: on the
-real draft, per-tensor int8 activations cut its top-1 agreement with the target from 0.59 to 0.54 (1,024 essay
-tokens, teacher-forced), weight-only int8 left it at 0.59.
+quarter of those bytes. Weight-only rather than dynamic int8 activations: on the real draft, per-tensor int8
+activations cut its top-1 agreement with the target from 0.59 to 0.54 (1,024 essay tokens, teacher-forced),
+weight-only int8 left it at 0.59 (0.584 with dustin's kernel, 0.582 with torch's). dustin's kernel streams the
+weights faster than torch's: the real draft's int8 linears (AMX host, ``benchmarks/draft_int8.py``) 26 ms a one-row
+step against 34, 46 ms for 5 rows against 80.
 
 It is lossless: the draft only proposes and the target verifies every token (the modes keep their guarantees;
 ``sparse`` stays as lossy as it was). What it can cost is acceptance, where rounding flips the draft's top token.
@@ -32,7 +36,8 @@ self-drafts are not measured: ``"auto"`` leaves them as given (``"int8"`` still 
 Every view is checked once when it is built (``kernel_mismatches``): each distinct weight shape runs 1, 2 and 5 rows
 through the kernel against a float reference of the same int8 weights. torch's kernel has returned wrong numbers for
 shapes it does not support (in_features 8 on AVX-512) without an error; a mismatch refuses ``"int8"`` and makes
-``"auto"`` keep the float draft (with a warning). A crash in the kernel cannot be caught this way.
+``"auto"`` keep the float draft (with a warning). A crash in torch's kernel cannot be caught this way (dustin's, which
+float32 drafts run where it is built, takes any shape: kernels/linear/int8_linear.cpp).
 
 ``int8_draft`` returns a view of the draft: the converted modules are new, every other module and parameter is
 shared (the user's draft is not modified). The int8 copy is made once, when the view is built: a draft whose
@@ -44,6 +49,8 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from dustin.kernels.linear import int8 as int8_kernel
 
 DTYPES = (torch.float32, torch.bfloat16)
 K_MULTIPLE = 16  # in_features the CPU kernel handles on every host measured (see the module docstring)
@@ -65,15 +72,26 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("scale", scale)
         self.bias = linear.bias  # shared with the float module, not copied
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        # A float32 linear runs dustin's kernel where it is built (float32 activations and result, the bias added
+        # inside), else torch's (bfloat16 activations and result): kernels/linear/int8.py. Decided once, here.
+        self.kernel = linear.weight.dtype == torch.float32 and int8_kernel.available()
+        if self.kernel:
+            self.register_buffer("scale_f32", scale.float())  # the same values: bf16 is exact in float32
+
+    def product(self, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``flat [M, in_features] @ (qweight * scale)ᵀ (+ bias)`` through this module's kernel, in flat's dtype."""
+        if self.kernel:
+            return int8_kernel.int8_linear(flat.float(), self.qweight, self.scale_f32, bias)
+        out = torch._weight_int8pack_mm(flat.to(torch.bfloat16).contiguous(), self.qweight, self.scale).to(flat.dtype)
+        return out if bias is None else out + bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        out = torch._weight_int8pack_mm(flat, self.qweight, self.scale).to(x.dtype)
-        out = out.reshape(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+        out = self.product(x.reshape(-1, self.in_features), self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"kernel={'dustin' if self.kernel else 'torch'}")
 
 
 def convertible(module: torch.nn.Module) -> bool:
@@ -143,25 +161,28 @@ def int8_draft(draft: torch.nn.Module, select=convertible) -> torch.nn.Module:
 
 def kernel_mismatches(view: torch.nn.Module) -> list[str]:
     """The weight shapes (``"out x in"``) for which the int8 kernel disagrees with a float reference on this machine:
-    each distinct shape of the view's ``Int8Linear`` modules runs ``CHECK_ROWS`` random rows through the kernel on
-    its whole weight, compared on up to ``CHECK_OUTPUTS`` output rows with ``x_bf16 @ (q * scale)ᵀ`` in float64.
-    The reference has the kernel's inputs (bf16 activations, the same int8 weights and bf16 scales), so the only
-    honest difference is the kernel's float32 accumulation and its bf16 output (2^-8 relative)."""
+    each distinct shape of the view's ``Int8Linear`` modules runs ``CHECK_ROWS`` random rows through its kernel
+    (dustin's or torch's: ``Int8Linear.product``) on its whole weight, compared on up to ``CHECK_OUTPUTS`` output rows
+    with ``x @ (q * scale)ᵀ`` in float64. The reference has the kernel's inputs (x as the kernel reads it: float32 for
+    dustin's, bf16 for torch's; the same int8 weights and bf16 scales), so the only honest difference is the kernel's
+    float32 accumulation and, for torch's, its bf16 output (2^-8 relative)."""
     bad, seen = [], set()
     generator = torch.Generator().manual_seed(0)
     for module in view.modules():
         if not isinstance(module, Int8Linear):
             continue
-        shape = (module.out_features, module.in_features, module.scale.dtype)
+        shape = (module.out_features, module.in_features, module.kernel)
         if shape in seen:
             continue
         seen.add(shape)
         picked = torch.randperm(module.out_features, generator=generator)[:CHECK_OUTPUTS]
         weight = module.qweight[picked].double() * module.scale[picked].double()[:, None]
         for rows in CHECK_ROWS:
-            x = torch.randn(rows, module.in_features, generator=generator).to(torch.bfloat16)
+            x = torch.randn(rows, module.in_features, generator=generator)
+            if not module.kernel:  # torch's kernel reads x in bfloat16: the reference takes what it reads
+                x = x.to(torch.bfloat16).float()
             with torch.no_grad():
-                got = torch._weight_int8pack_mm(x, module.qweight, module.scale)[:, picked].double()
+                got = module.product(x, None)[:, picked].double()
             ref = x.double() @ weight.T
             bound = 2.0 ** -7 * ref.abs() + 1e-4 * (x.double().abs() @ weight.abs().T) + 1e-30
             if not bool(((got - ref).abs() <= bound).all()):

@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from dustin.kernels.linear import int8 as int8_kernel
 from dustin.passes import LinearChooser, PassReport, RewritePlan
 
 from .adaptive import GammaPlanner
@@ -97,7 +98,8 @@ class DustinModel:
             self.draft_ids = _draft_ids(self.profile, config.draft_vocab, vocab_size(draft), self.device)
             self._draft_view = restricted_draft(draft, self.draft_ids)
         # draft_quant: the draft's decode steps run a view with int8 linears (draftquant.py); its prefill keeps the
-        # float draft, faster at prefill sizes. One view per draft_vocab, shared with with_config siblings.
+        # float draft, faster at prefill sizes. One view per draft_vocab and int8 kernel (dustin's where built, else
+        # torch's: DUSTIN_CPU_KERNELS when the model is made), shared with with_config siblings.
         # "auto": int8 for a separate float32 CPU draft, only its weights large enough to be streamed (measured).
         self._draft_views = {} if draft_views is None else draft_views
         self._draft_decode = self._draft_view or draft
@@ -105,7 +107,7 @@ class DustinModel:
         if self.draft_quant is not None:
             if config.draft_quant == "int8":
                 check_draft(draft, self.self_draft)
-            key = (config.draft_quant, config.draft_vocab)
+            key = (config.draft_quant, config.draft_vocab, int8_kernel.available())
             if key not in self._draft_views:
                 self._draft_views[key] = _checked_int8_view(self._draft_decode, config.draft_quant)
             self._draft_decode = self._draft_views[key] or self._draft_decode
@@ -370,8 +372,10 @@ def _checked_int8_view(draft: torch.nn.Module, choice: str) -> torch.nn.Module |
     bad = kernel_mismatches(view)
     if not bad:
         return view
-    message = (f"torch's int8 CPU kernel (_weight_int8pack_mm) disagrees with a float reference on this machine for "
-               f"draft weights shaped {', '.join(bad)} (out x in)")
+    kernel = "dustin's int8 CPU kernel" if any(getattr(m, "kernel", False) for m in view.modules()) else (
+        "torch's int8 CPU kernel (_weight_int8pack_mm)")
+    message = (f"{kernel} disagrees with a float reference on this machine for draft weights shaped "
+               f"{', '.join(bad)} (out x in)")
     if choice == "int8":
         raise ValueError(f"draft_quant='int8': {message}; drop draft_quant (None)")
     warnings.warn(f"dustin: draft_quant='auto' keeps the float draft: {message}", stacklevel=4)

@@ -10,6 +10,7 @@ registration as ``torch.library.custom_op("dustin::<op>")`` in ``__init__.py``:
 | ``scores``   | ``score_heads``, ``score_heads_into``| ``score_heads``, ``score_heads_into``|
 | ``selection``| ``select_tokens``                    | ``select_tokens``                   |
 | ``linear``   | ``packed_linear``, ``packed_linear_cat`` (CPU, MKL) | ``packed_linear``, ``packed_linear_cat``, ``pack_weight`` |
+| ``linear``   | ``int8_linear`` (CPU, C++; defined by cpu_ext.cpp once built) | ``linear.int8.int8_linear``, ``linear.int8.available`` |
 
 Importing this package registers every op; it never imports triton (the CUDA kernels load on first use).
 """

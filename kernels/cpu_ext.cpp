@@ -1,6 +1,8 @@
 // The one extension module of dustin's CPU kernels (kernels/cpu_ext.py builds it): the functions of
-// kernels/sparse/sparse_attention.cpp and kernels/scores/score_heads.cpp, bound for Python, and the fused sparse
-// attention registered with the dispatcher as dustin::sparse_attention's CPU kernel.
+// kernels/sparse/sparse_attention.cpp, kernels/scores/score_heads.cpp and kernels/linear/int8_linear.cpp, bound for
+// Python; the fused sparse attention registered with the dispatcher as dustin::sparse_attention's CPU kernel; and
+// dustin::int8_linear, an op defined here (CPU and Meta kernels), which only exists once this module is loaded
+// (kernels/linear/int8.py).
 //
 // Why register it: the op is a torch.library.custom_op, whose CPU path is Python (an autograd layer, a device switch,
 // an aliasing check, then kernels/sparse/cpu.py). On a warm machine that costs ~20 us a call; at a decode step, where
@@ -14,11 +16,15 @@
 #include <torch/extension.h>
 
 #include <cstdlib>
+#include <optional>
 #include <cstring>
 #include <vector>
 
 at::Tensor sparse_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& indices, const at::Tensor& seq_lens, double scale, int64_t window);
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                       const std::optional<at::Tensor>& bias);
 
 void score_heads_into(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& seq_lens,
                       const std::vector<int64_t>& heads, double scale);
@@ -74,6 +80,12 @@ struct SparseAttentionNoBackward : public torch::autograd::Function<SparseAttent
   }
 };
 
+// Shapes only, for tracing (dynamo's fake tensors run the Meta kernel).
+at::Tensor int8_linear_meta(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                            const std::optional<at::Tensor>& bias) {
+  return at::empty_symint({x.sym_size(0), qweight.sym_size(0)}, x.options());
+}
+
 at::Tensor sparse_attention_autograd(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                      const at::Tensor& indices, const at::Tensor& seq_lens, double scale,
                                      int64_t window) {
@@ -82,7 +94,17 @@ at::Tensor sparse_attention_autograd(const at::Tensor& q, const at::Tensor& k_ca
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dustin, CPU, m) { m.impl("sparse_attention", &sparse_attention_cpu); }
+// dustin::int8_linear has no Python definition: without this module (no compiler) the draft runs torch's int8 kernel.
+TORCH_LIBRARY_FRAGMENT(dustin, m) {
+  m.def("int8_linear(Tensor x, Tensor qweight, Tensor scale, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(dustin, CPU, m) {
+  m.impl("sparse_attention", &sparse_attention_cpu);
+  m.impl("int8_linear", &int8_linear);
+}
+
+TORCH_LIBRARY_IMPL(dustin, Meta, m) { m.impl("int8_linear", &int8_linear_meta); }
 
 TORCH_LIBRARY_IMPL(dustin, AutogradCPU, m) { m.impl("sparse_attention", &sparse_attention_autograd); }
 

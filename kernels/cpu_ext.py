@@ -1,6 +1,7 @@
 """dustin's C++ CPU kernels: ``dustin::sparse_attention`` (kernels/sparse/sparse_attention.cpp, gather + attention
 fused per (batch row, KV head)) and ``dustin::score_heads`` (kernels/scores/score_heads.cpp, the head-subset scores
-straight from the cache), both on oneDNN's batch-reduce GEMM micro-kernel (AMX for bf16 where the CPU has it).
+straight from the cache), both on oneDNN's batch-reduce GEMM micro-kernel (AMX for bf16 where the CPU has it); and
+``dustin::int8_linear`` (kernels/linear/int8_linear.cpp, the int8 draft's weight-only products: kernels/linear/int8.py).
 
 They are compiled on first use, as one extension, with torch's C++ extension loader (g++ and ninja; about 40 s, then
 cached in torch's extension directory, one build per torch version and vector ISA) with the flags Inductor uses for
@@ -9,7 +10,8 @@ this CPU. ``DUSTIN_CPU_KERNELS`` picks the CPU path of those ops:
 - ``auto`` (default): the C++ kernels where they apply (float32 / bfloat16 / float16, head dim a multiple of 16, K
   (and V) caches with unit stride in D), else the torch references; if the build fails, one warning says why and the
   references run (they compute the same results, more slowly).
-- ``reference``: always the torch references (``reference.py`` of each op; nothing is built).
+- ``reference``: always the torch references (``reference.py`` of each op; nothing is built); an int8 draft runs
+  torch's ``_weight_int8pack_mm``.
 - ``fused``: the C++ kernels; a failed build or an unsupported input raises instead of falling back.
 
 Both paths compute each op's contract (its reference.py) and are tested against the same float64 oracles.
@@ -28,7 +30,8 @@ import torch
 ENV = "DUSTIN_CPU_KERNELS"
 CHOICES = ("auto", "reference", "fused")
 _HERE = Path(__file__).parent
-SOURCES = [_HERE / "cpu_ext.cpp", _HERE / "sparse" / "sparse_attention.cpp", _HERE / "scores" / "score_heads.cpp"]
+SOURCES = [_HERE / "cpu_ext.cpp", _HERE / "sparse" / "sparse_attention.cpp", _HERE / "scores" / "score_heads.cpp",
+           _HERE / "linear" / "int8_linear.cpp"]
 _STATE: dict = {"module": None, "error": None, "warned": False}
 
 

@@ -9,13 +9,16 @@ import torch
 
 import dustin
 from dustin.draftquant import AUTO_MIN_BYTES, Int8Linear, int8_draft, kernel_mismatches
+from dustin.kernels.linear import int8 as int8_kernel
 from helpers import assert_decodes_like, left_padded, random_prompts, tiny_model, twin_pair
 
 OPTS = dict(backend="eager", budget=16, n_sink=2, window=4, exact_every=3)
 
 
 def _int8_ops(gm) -> int:
-    return sum(n.op == "call_function" and "_weight_int8pack_mm" in str(n.target) for n in gm.graph.nodes)
+    """Int8 products in a graph: dustin's kernel (float32 drafts, where built) or torch's."""
+    return sum(n.op == "call_function" and ("_weight_int8pack_mm" in str(n.target) or "int8_linear" in str(n.target))
+               for n in gm.graph.nodes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -29,6 +32,7 @@ def test_int8_linear_is_within_its_rounding_of_a_float64_product(dtype, in_f, ou
     x = torch.randn(*lead, in_f).to(dtype)
     q = Int8Linear(linear)
     assert q.qweight.dtype == torch.int8 and int(q.qweight.abs().max()) <= 127 and q.scale.shape == (out_f,)
+    assert q.kernel == (dtype == torch.float32)  # dustin's kernel for float32 (built here), torch's for bf16
     got = q(x)
     assert got.dtype == dtype and got.shape == (*lead, out_f)
     w, xd = linear.weight.double(), x.double()
@@ -93,6 +97,23 @@ def test_int8_with_draft_vocab_is_lossless():
     assert model.with_config(draft_quant="int8")._draft_decode.lm_head.out_features == 128
 
 
+def test_siblings_built_under_another_kernel_switch_get_their_own_view(monkeypatch):
+    """The int8 view is shared by with_config siblings per kernel: one made with DUSTIN_CPU_KERNELS=reference runs
+    torch's kernel (benchmarks/e2e.py's @ref arms), the others keep dustin's; both stay lossless."""
+    target, draft, profile = twin_pair("qwen2", seed=51)
+    ids, mask = left_padded(random_prompts([19, 26], seed=55))
+    model = dustin.compile(target, draft, profile=profile, mode="dense", gamma=2, draft_quant="int8", **OPTS)
+    expected = model.generate(ids, mask, max_new_tokens=16, use_draft=False).sequences
+    assert model._draft_decode.lm_head.kernel
+    monkeypatch.setenv("DUSTIN_CPU_KERNELS", "reference")
+    on_torch = model.with_config(gamma=1)
+    monkeypatch.delenv("DUSTIN_CPU_KERNELS")
+    again = model.with_config(gamma=1)
+    assert not on_torch._draft_decode.lm_head.kernel and again._draft_decode is model._draft_decode
+    for sibling in (on_torch, again):
+        assert torch.equal(sibling.generate(ids, mask, max_new_tokens=16).sequences, expected)
+
+
 def test_draft_quant_errors():
     target, draft, profile = twin_pair("qwen2", seed=51)
     with pytest.raises(ValueError, match="draft_quant"):
@@ -142,19 +163,25 @@ def test_auto_converts_the_large_float32_linears_of_a_separate_cpu_draft():
         .__class__ is Int8Linear  # "int8" converts every convertible linear
 
 
-def test_a_kernel_that_disagrees_with_its_float_reference_is_caught(monkeypatch):
+@pytest.mark.parametrize("kernels", ["auto", "reference"])  # dustin's C++ kernel, or torch's without it
+def test_a_kernel_that_disagrees_with_its_float_reference_is_caught(kernels, monkeypatch):
+    monkeypatch.setenv("DUSTIN_CPU_KERNELS", kernels)
     target = tiny_model("qwen2", num_hidden_layers=1, seed=63, **WIDE)
     draft = copy.deepcopy(target)
-    assert kernel_mismatches(int8_draft(draft)) == []
-    kernel = torch._weight_int8pack_mm
+    view = int8_draft(draft)
+    assert view.lm_head.kernel == (kernels == "auto")
+    assert kernel_mismatches(view) == []
+    owner, name = (int8_kernel, "int8_linear") if kernels == "auto" else (torch, "_weight_int8pack_mm")
+    kernel = getattr(owner, name)
 
-    def off_for_two_rows(x, q, scale):  # right for one row, 2 % off for more: what a shape bug looks like
-        out = kernel(x, q, scale)
+    def off_for_two_rows(x, *args):  # right for one row, 2 % off for more: what a shape bug looks like
+        out = kernel(x, *args)
         return out if x.shape[0] == 1 else out * 1.02
 
-    monkeypatch.setattr(torch, "_weight_int8pack_mm", off_for_two_rows)
+    monkeypatch.setattr(owner, name, off_for_two_rows)
     assert kernel_mismatches(int8_draft(draft)) == ["512x512", "128x512", "768x512", "512x768", "640x512"]
-    with pytest.raises(ValueError, match="disagrees with a float reference.*drop draft_quant"):
+    which = "dustin's" if kernels == "auto" else "torch's"
+    with pytest.raises(ValueError, match=f"{which} int8 CPU kernel.*disagrees with a float reference.*drop draft_quant"):
         dustin.compile(target, draft, draft_quant="int8", **OPTS)
     with pytest.warns(UserWarning, match="keeps the float draft"):
         model = dustin.compile(target, draft, **OPTS)
