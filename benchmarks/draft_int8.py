@@ -46,11 +46,15 @@ def parse() -> argparse.Namespace:
     return args
 
 
-def torch_kernel(module: Int8Linear) -> Int8Linear:
-    """The same int8 module on torch's kernel (bf16 activations), whichever one it chose."""
-    twin = copy.copy(module)
-    twin.kernel = False
-    return twin
+def on_torch_kernel(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every ``Int8Linear`` in it running torch's kernel (bf16 activations), whichever one it chose:
+    a shallow copy of an ``Int8Linear`` (its weights shared), any other module changed in place."""
+    if isinstance(module, Int8Linear):
+        module = copy.copy(module)
+    for part in module.modules():
+        if isinstance(part, Int8Linear):
+            part.kernel = False
+    return module
 
 
 def per_linear(draft, rows: list[int], repeats: int) -> list[dict]:
@@ -61,7 +65,7 @@ def per_linear(draft, rows: list[int], repeats: int) -> list[dict]:
             continue
         with torch.no_grad():
             quantized = [Int8Linear(m) for m in mods]
-        on_torch = [torch_kernel(m) for m in quantized]
+        on_torch = [on_torch_kernel(m) for m in quantized]
         width = mods[0].in_features
         for n in rows:
             x = torch.randn(n, width)
@@ -94,10 +98,7 @@ def per_linear(draft, rows: list[int], repeats: int) -> list[dict]:
 def agreement(target, draft, ids: torch.Tensor) -> dict[str, float]:
     """Share of positions where each draft's greedy next token equals the target's (teacher-forced)."""
     view = int8_draft(draft)
-    on_torch = int8_draft(draft)
-    for module in on_torch.modules():
-        if isinstance(module, Int8Linear):
-            module.kernel = False
+    on_torch = on_torch_kernel(int8_draft(draft))
     with torch.no_grad():
         want = target(ids).logits.argmax(-1)
         fp32 = draft(ids).logits.argmax(-1)

@@ -9,8 +9,8 @@ caps classic speculative decoding on a CPU (README, "`gamma="auto"` after the ac
 quarter of those bytes. Weight-only rather than dynamic int8 activations: on the real draft, per-tensor int8
 activations cut its top-1 agreement with the target from 0.59 to 0.54 (1,024 essay tokens, teacher-forced),
 weight-only int8 left it at 0.59 (0.584 with dustin's kernel, 0.582 with torch's). dustin's kernel streams the
-weights faster than torch's: the real draft's int8 linears (AMX host, ``benchmarks/draft_int8.py``) 26 ms a one-row
-step against 34, 46 ms for 5 rows against 80.
+weights faster than torch's: the real draft's int8 linears (AMX host, ``benchmarks/draft_int8.py``,
+docs/speed/draft_int8_amx_kernel.csv) 30.0 ms a one-row step against 37.0, 48.5 ms for 5 rows against 81.9.
 
 It is lossless: the draft only proposes and the target verifies every token (the modes keep their guarantees;
 ``sparse`` stays as lossy as it was). What it can cost is acceptance, where rounding flips the draft's top token.

@@ -10,8 +10,8 @@ call (about 40 s, cached). Where it is not (no compiler, ``DUSTIN_CPU_KERNELS=re
 differ in a near tie (either is lossless: the target verifies every token).
 
 Why a kernel of dustin's own: torch's reads the weight at ~14 GB/s on the AMX host of the README (the real draft's
-LM head, one row), where streaming float32 weights reaches ~28; with four weight rows in flight and a software
-prefetch this one reaches ~20, and its 5-row products cost ~0.6x torch's (benchmarks/draft_int8.py).
+LM head, one row), where streaming float32 weights reaches ~28; with two to four weight rows in flight and a
+software prefetch this one reaches ~20, and its 5-row products cost ~0.6x torch's (benchmarks/draft_int8.py).
 """
 
 from __future__ import annotations

@@ -105,17 +105,20 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
                        const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
               "int8_linear: x must be a contiguous 2-D float32 CPU tensor, got ", x.sizes(), " ", x.scalar_type());
-  TORCH_CHECK(qweight.dim() == 2 && qweight.scalar_type() == at::kChar && qweight.is_contiguous(),
-              "int8_linear: qweight must be a contiguous 2-D int8 tensor, got ", qweight.sizes(), " ",
-              qweight.scalar_type());
+  TORCH_CHECK(qweight.dim() == 2 && qweight.scalar_type() == at::kChar && qweight.is_contiguous() &&
+                  qweight.device().is_cpu(),
+              "int8_linear: qweight must be a contiguous 2-D int8 CPU tensor, got ", qweight.sizes(), " ",
+              qweight.scalar_type(), " on ", qweight.device());
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
   TORCH_CHECK(qweight.size(1) == K, "int8_linear: x has ", K, " features, qweight ", qweight.size(1));
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == N && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
-              "int8_linear: scale must be a contiguous float32 vector of ", N, " (one per output row)");
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == N && scale.scalar_type() == at::kFloat && scale.is_contiguous() &&
+                  scale.device().is_cpu(),
+              "int8_linear: scale must be a contiguous float32 CPU vector of ", N, " (one per output row)");
   const float* b = nullptr;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->scalar_type() == at::kFloat && bias->is_contiguous(),
-                "int8_linear: bias must be a contiguous float32 vector of ", N);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
+                    bias->device().is_cpu(),
+                "int8_linear: bias must be a contiguous float32 CPU vector of ", N);
     b = bias->data_ptr<float>();
   }
   auto y = at::empty({M, N}, x.options());

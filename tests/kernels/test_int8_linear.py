@@ -67,13 +67,13 @@ def test_bad_inputs_are_refused_with_the_argument(built):
     op = torch.ops.dustin.int8_linear
     with pytest.raises(RuntimeError, match="x must be a contiguous 2-D float32"):
         op(x.double(), q, scale, b)
-    with pytest.raises(RuntimeError, match="qweight must be a contiguous 2-D int8"):
+    with pytest.raises(RuntimeError, match="qweight must be a contiguous 2-D int8 CPU tensor"):
         op(x, q.float(), scale, b)
     with pytest.raises(RuntimeError, match="x has 32 features, qweight 31"):
         op(x, q[:, :31].contiguous(), scale, b)
-    with pytest.raises(RuntimeError, match="scale must be a contiguous float32 vector of 8"):
+    with pytest.raises(RuntimeError, match="scale must be a contiguous float32 CPU vector of 8"):
         op(x, q, scale[:7].contiguous(), b)
-    with pytest.raises(RuntimeError, match="bias must be a contiguous float32 vector of 8"):
+    with pytest.raises(RuntimeError, match="bias must be a contiguous float32 CPU vector of 8"):
         op(x, q, scale, b.double())
 
 
